@@ -1,0 +1,311 @@
+//! The agent's config file (`logveil run --config agent.toml`).
+
+use super::{duration, ConfigError, Source, TelemetryConfig};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub agent: AgentSection,
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    pub sink: SinkConfig,
+    #[serde(default)]
+    pub buffer: BufferConfig,
+    #[serde(default)]
+    pub redact: RedactConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// Defaults to the machine's hostname.
+    pub host_id: Option<String>,
+    pub data_dir: PathBuf,
+    pub signing_key: PathBuf,
+    /// How long SIGTERM may take to seal, persist and ship before the agent exits.
+    #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default = "default_format")]
+    pub format: Format,
+    /// Longer lines are split into parts of at most this many bytes.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// A final line without a newline is shipped once its file has been idle this long.
+    #[serde(default = "default_partial_line_timeout", deserialize_with = "duration")]
+    pub partial_line_timeout: Duration,
+    /// How often files are looked for and checked when no change notification arrives.
+    #[serde(default = "default_poll_interval", deserialize_with = "duration")]
+    pub poll_interval: Duration,
+    /// How long a file that was renamed away or deleted is kept open after its last read.
+    #[serde(default = "default_rotate_wait", deserialize_with = "duration")]
+    pub rotate_wait: Duration,
+}
+
+fn default_format() -> Format {
+    Format::Plain
+}
+fn default_max_line_bytes() -> usize {
+    64 * 1024
+}
+fn default_partial_line_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_rotate_wait() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    pub url: String,
+    /// Upper bound of a batch's uncompressed payload.
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: usize,
+    /// A batch is sealed at most this long after its first record.
+    #[serde(default = "default_batch_max_wait", deserialize_with = "duration")]
+    pub batch_max_wait: Duration,
+    #[serde(default = "default_compression_level")]
+    pub compression_level: i32,
+    #[serde(default = "default_request_timeout", deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    #[serde(default = "default_retry_initial", deserialize_with = "duration")]
+    pub retry_initial: Duration,
+    #[serde(default = "default_retry_max", deserialize_with = "duration")]
+    pub retry_max: Duration,
+    /// Cap on a server's Retry-After.
+    #[serde(default = "default_retry_after_max", deserialize_with = "duration")]
+    pub retry_after_max: Duration,
+    /// Wait between tries while the store says the agent is misconfigured (401/403/404).
+    #[serde(default = "default_misconfigured_retry", deserialize_with = "duration")]
+    pub misconfigured_retry: Duration,
+    pub tls: Option<SinkTls>,
+}
+
+fn default_batch_max_bytes() -> usize {
+    1024 * 1024
+}
+fn default_batch_max_wait() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_compression_level() -> i32 {
+    1
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_retry_initial() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_retry_after_max() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_misconfigured_retry() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkTls {
+    /// PEM bundle of the CA(s) that sign the store's certificate.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain and key (PEM) for mutual TLS.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Name to check the store's certificate against, when it differs from the URL's host.
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenFull {
+    #[default]
+    Block,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    /// Bytes of sealed envelopes the buffer may hold before sources pause.
+    #[serde(default = "default_buffer_max_bytes")]
+    pub max_bytes: u64,
+    #[serde(default)]
+    pub when_full: WhenFull,
+    /// sled's page cache; its own default is 1 GiB.
+    #[serde(default = "default_cache_capacity")]
+    pub cache_capacity: u64,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            max_bytes: default_buffer_max_bytes(),
+            when_full: WhenFull::Block,
+            cache_capacity: default_cache_capacity(),
+        }
+    }
+}
+
+fn default_buffer_max_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_cache_capacity() -> u64 {
+    8 * 1024 * 1024
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RedactConfig {
+    /// Built-in detectors to run; all of them when absent.
+    pub detectors: Option<Vec<String>>,
+    /// Extra patterns: each match becomes `[REDACTED:<type>]`.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub pattern: String,
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = super::read(path)?;
+        Self::from_text(path, &text)
+    }
+
+    pub fn from_text(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let src = Source { path, text };
+        let cfg: AgentConfig = src.parse()?;
+        cfg.validate(&src)?;
+        Ok(cfg)
+    }
+
+    pub fn host_id(&self) -> String {
+        self.agent.host_id.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".to_string())
+        })
+    }
+
+    fn validate(&self, src: &Source) -> Result<(), ConfigError> {
+        let host = self.host_id();
+        if !crate::envelope::is_safe_identifier(&host) {
+            return Err(src.error(
+                "agent.host_id",
+                format!("`{host}` is not a valid host id: use letters, digits, '.', '_' and '-', not starting with '.'"),
+            ));
+        }
+        if self.sources.is_empty() {
+            return Err(src.error("sources", "at least one [[sources]] table is required"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            let key = |k: &str| format!("sources.{i}.{k}");
+            if s.name.is_empty() || !names.insert(s.name.as_str()) {
+                return Err(src.error(&key("name"), "source names must be non-empty and unique"));
+            }
+            if s.include.is_empty() {
+                return Err(src.error(&key("include"), "at least one glob is required"));
+            }
+            for (field, globs) in [("include", &s.include), ("exclude", &s.exclude)] {
+                for g in globs {
+                    if !g.starts_with('/') {
+                        return Err(src.error(
+                            &key(field),
+                            format!("glob `{g}` must be an absolute path"),
+                        ));
+                    }
+                    if let Err(e) = globset::Glob::new(g) {
+                        return Err(src.error(&key(field), format!("bad glob `{g}`: {e}")));
+                    }
+                }
+            }
+            if s.max_line_bytes < 256 {
+                return Err(src.error(&key("max_line_bytes"), "must be at least 256"));
+            }
+            if s.max_line_bytes * 2 > self.sink.batch_max_bytes {
+                return Err(src.error(
+                    &key("max_line_bytes"),
+                    format!(
+                        "must be at most half of sink.batch_max_bytes ({}), so a record always fits a batch",
+                        self.sink.batch_max_bytes
+                    ),
+                ));
+            }
+            if s.poll_interval.is_zero() {
+                return Err(src.error(&key("poll_interval"), "must be greater than zero"));
+            }
+        }
+        match reqwest::Url::parse(&self.sink.url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            Ok(_) => return Err(src.error("sink.url", "the scheme must be http or https")),
+            Err(e) => return Err(src.error("sink.url", format!("not a URL: {e}"))),
+        }
+        if self.sink.batch_max_bytes < 4096 {
+            return Err(src.error("sink.batch_max_bytes", "must be at least 4096"));
+        }
+        if !(1..=19).contains(&self.sink.compression_level) {
+            return Err(src.error("sink.compression_level", "must be between 1 and 19"));
+        }
+        if self.sink.batch_max_wait.is_zero() {
+            return Err(src.error("sink.batch_max_wait", "must be greater than zero"));
+        }
+        if self.sink.retry_initial.is_zero() || self.sink.retry_max < self.sink.retry_initial {
+            return Err(src.error(
+                "sink.retry_max",
+                "retry_initial must be > 0 and retry_max at least retry_initial",
+            ));
+        }
+        if (self.buffer.max_bytes as usize) < self.sink.batch_max_bytes {
+            return Err(src.error(
+                "buffer.max_bytes",
+                "must be at least sink.batch_max_bytes, so one batch always fits",
+            ));
+        }
+        if let Some(tls) = &self.sink.tls {
+            if tls.cert.is_some() != tls.key.is_some() {
+                return Err(src.error("sink.tls.cert", "cert and key must be given together"));
+            }
+        }
+        if let Err(e) = crate::redact::Redactor::from_config(&self.redact) {
+            return Err(src.error("redact", e.to_string()));
+        }
+        Ok(())
+    }
+}

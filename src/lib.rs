@@ -1,0 +1,13 @@
+//! logveil: a host log shipping agent that redacts PII on the host and ships Ed25519-signed,
+//! hash-chained, zstd-compressed batches to a verifiable central store.
+//!
+//! The agent's data flow, one module per stage: `source` (tail files) → `redact` →
+//! `pipeline` (records, batches, sealing) → `buffer` (sled) → `ship` (HTTP) → `receive`
+//! (the central store) → `archive` / `verify` (offline tools). See docs/ for formats.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod redact;
+pub mod envelope;
+pub mod source;
+pub mod telemetry;

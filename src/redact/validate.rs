@@ -1,0 +1,140 @@
+//! Validators: given a line and a candidate span, return the span to redact (possibly
+//! narrowed), or `None` when the candidate is a look-alike.
+
+/// `(text, start, end) -> span to redact`.
+pub type Validator = fn(&str, usize, usize) -> Option<(usize, usize)>;
+
+fn byte_before(text: &str, start: usize) -> Option<u8> {
+    start.checked_sub(1).map(|i| text.as_bytes()[i])
+}
+
+fn byte_at(text: &str, i: usize) -> Option<u8> {
+    text.as_bytes().get(i).copied()
+}
+
+fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// The candidate is not glued to letters or digits on either side.
+fn standalone(text: &str, start: usize, end: usize) -> bool {
+    !byte_before(text, start).is_some_and(is_word) && !byte_at(text, end).is_some_and(is_word)
+}
+
+/// User rules: every match counts.
+pub fn any(_: &str, start: usize, end: usize) -> Option<(usize, usize)> {
+    Some((start, end))
+}
+
+pub fn email(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
+    let cand = &text[start..end];
+    let at = cand.rfind('@')?;
+    let local = &cand[..at];
+    let trimmed = local.trim_start_matches(['.', '%', '+', '-']);
+    if trimmed.is_empty() || cand[at + 1..].starts_with('-') {
+        return None;
+    }
+    // `x@host.local1` or `a@b.c-d`: the domain runs on past what looked like a TLD.
+    if byte_at(text, end).is_some_and(|b| is_word(b) || b == b'-') {
+        return None;
+    }
+    Some((start + (local.len() - trimmed.len()), end))
+}
+
+pub fn luhn(digits: &[u8]) -> bool {
+    let mut sum = 0u32;
+    for (i, d) in digits.iter().rev().enumerate() {
+        let mut v = u32::from(d - b'0');
+        if i % 2 == 1 {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+    }
+    sum % 10 == 0
+}
+
+/// 13–19 digits with optional single spaces or dashes, Luhn-valid. A greedy candidate
+/// that fails is narrowed group by group from the right (`4111 1111 1111 1111 2024`).
+pub fn card(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
+    if byte_before(text, start).is_some_and(|b| is_word(b) || b == b'.' || b == b'-') {
+        return None;
+    }
+    let mut end = end;
+    loop {
+        let cand = &text.as_bytes()[start..end];
+        let digits: Vec<u8> = cand.iter().copied().filter(u8::is_ascii_digit).collect();
+        if digits.len() < 13 {
+            return None;
+        }
+        let seps: Vec<u8> = cand.iter().copied().filter(|b| !b.is_ascii_digit()).collect();
+        let consistent = seps.windows(2).all(|w| w[0] == w[1]);
+        let tail_ok = !byte_at(text, end).is_some_and(|b| is_word(b))
+            && !(byte_at(text, end) == Some(b'.')
+                && byte_at(text, end + 1).is_some_and(|b| b.is_ascii_digit()));
+        if digits.len() <= 19 && consistent && tail_ok && luhn(&digits) {
+            return Some((start, end));
+        }
+        // Narrow to the previous separator, if any.
+        match cand.iter().rposition(|b| !b.is_ascii_digit()) {
+            Some(p) => end = start + p,
+            None => return None,
+        }
+    }
+}
+
+pub fn ssn(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
+    if !standalone(text, start, end)
+        || byte_before(text, start).is_some_and(|b| b == b'-' || b == b'.')
+        || byte_at(text, end).is_some_and(|b| b == b'-')
+    {
+        return None;
+    }
+    let b = text[start..end].as_bytes();
+    if b[3] != b[6] {
+        return None;
+    }
+    let num = |s: &[u8]| s.iter().fold(0u32, |a, d| a * 10 + u32::from(d - b'0'));
+    let (area, group, serial) = (num(&b[0..3]), num(&b[4..6]), num(&b[7..11]));
+    let valid = area != 0 && area != 666 && area < 900 && group != 0 && serial != 0;
+    valid.then_some((start, end))
+}
+
+pub fn phone_e164(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
+    let glued_before = byte_before(text, start).is_some_and(is_word);
+    let glued_after = byte_at(text, end).is_some_and(is_word);
+    (!glued_before && !glued_after).then_some((start, end))
+}
+
+pub fn ipv4(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
+    if !standalone(text, start, end) {
+        return None;
+    }
+    // Part of a longer dotted number (`1.2.3.4.5`, `v10.1.2.3`): not an address.
+    let dotted_before = byte_before(text, start) == Some(b'.')
+        && start >= 2
+        && text.as_bytes()[start - 2].is_ascii_digit();
+    let dotted_after = byte_at(text, end) == Some(b'.')
+        && byte_at(text, end + 1).is_some_and(|b| b.is_ascii_digit());
+    if dotted_before || dotted_after {
+        return None;
+    }
+    let ok = text[start..end]
+        .split('.')
+        .all(|o| o.parse::<u16>().is_ok_and(|v| v <= 255) && !(o.len() > 1 && o.starts_with('0')));
+    ok.then_some((start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn luhn_accepts_test_cards_and_rejects_neighbours() {
+        assert!(luhn(b"4111111111111111"));
+        assert!(luhn(b"378282246310005"));
+        assert!(!luhn(b"4111111111111112"));
+    }
+}
