@@ -6,8 +6,17 @@
 //! (the central store) → `archive` / `verify` (offline tools). See docs/ for formats.
 #![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod archive;
+pub mod buffer;
+pub mod cli;
 pub mod config;
-pub mod redact;
+pub mod crash;
 pub mod envelope;
+pub mod pipeline;
+pub mod receive;
+pub mod redact;
+pub mod ship;
 pub mod source;
 pub mod telemetry;
+pub mod verify;

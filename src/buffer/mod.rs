@@ -1,0 +1,448 @@
+//! The durable buffer: sealed envelopes and file checkpoints in one sled database.
+//!
+//! Layout (one sled db in `data_dir/buffer`):
+//! - `batches`: `stream | 0x00 | seq u64be` → envelope bytes. Iterating the tree in key order
+//!   yields each stream's batches oldest first.
+//! - `checkpoints`: `dev u64be | ino u64be` → [`Checkpoint`] encoding.
+//! - `meta`: `chain_id` → 16 random bytes (made when the buffer is first created);
+//!   `next_seq/<stream>` → u64be; `link/<stream>` → the link hash the next batch continues.
+//! - `dead_letter`: same key as `batches` → `reason_len u16be | reason | envelope`.
+//!
+//! Invariants:
+//! - [`Buffer::seal`] inserts the envelope, advances the chain state and writes the file
+//!   checkpoints of every line in it in ONE sled transaction, then flushes; only then does
+//!   the batch count as durable. The transaction closure has no side effects (sled may run
+//!   it more than once); counters are updated after it commits.
+//! - A batch is removed only by [`Buffer::ack`] (the store fsynced it) or replaced by its
+//!   tombstone in [`Buffer::dead_letter`].
+//! - `max_bytes` counts the bytes of stored envelopes (not sled's file size, which never
+//!   shrinks). [`Buffer::wait_for_space`] blocks the sealing thread while the buffer is full:
+//!   that is what pauses reading (`when_full = "block"`); nothing is ever dropped.
+
+use crate::source::Checkpoint;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use std::path::Path;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    #[error("buffer database error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("buffer database is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, BufferError>;
+
+/// The chain position the next sealed batch of a stream takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainState {
+    pub next_seq: u64,
+    pub link: [u8; 32],
+}
+
+/// One stored batch.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub stream: String,
+    pub seq: u64,
+    pub envelope: sled::IVec,
+}
+
+pub struct Buffer {
+    db: sled::Db,
+    batches: sled::Tree,
+    checkpoints: sled::Tree,
+    meta: sled::Tree,
+    dead: sled::Tree,
+    chain_id: [u8; 16],
+    max_bytes: u64,
+    usage: Mutex<Usage>,
+    space: Condvar,
+    /// Wakes the shipper when a batch is sealed.
+    pub sealed: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Usage {
+    pub bytes: u64,
+    pub batches: u64,
+}
+
+pub fn batch_key(stream: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(stream.len() + 9);
+    k.extend_from_slice(stream.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn split_key(k: &[u8]) -> Result<(String, u64)> {
+    let bad = || BufferError::Corrupt("malformed batch key".into());
+    if k.len() < 10 || k[k.len() - 9] != 0 {
+        return Err(bad());
+    }
+    let stream = std::str::from_utf8(&k[..k.len() - 9]).map_err(|_| bad())?;
+    let seq = u64::from_be_bytes(k[k.len() - 8..].try_into().map_err(|_| bad())?);
+    Ok((stream.to_string(), seq))
+}
+
+fn abort<E>(e: E) -> ConflictableTransactionError<E> {
+    ConflictableTransactionError::Abort(e)
+}
+
+fn tx_err(e: TransactionError<BufferError>) -> BufferError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => BufferError::Sled(e),
+    }
+}
+
+impl Buffer {
+    pub fn open(dir: &Path, cache_capacity: u64, max_bytes: u64) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_capacity)
+            .mode(sled::Mode::LowSpace)
+            .open()?;
+        let batches = db.open_tree("batches")?;
+        let checkpoints = db.open_tree("checkpoints")?;
+        let meta = db.open_tree("meta")?;
+        let dead = db.open_tree("dead_letter")?;
+        let chain_id = match meta.get("chain_id")? {
+            Some(v) => v
+                .as_ref()
+                .try_into()
+                .map_err(|_| BufferError::Corrupt("chain_id is not 16 bytes".into()))?,
+            None => {
+                let id: [u8; 16] = rand::random();
+                meta.insert("chain_id", &id[..])?;
+                db.flush()?;
+                id
+            }
+        };
+        let mut usage = Usage::default();
+        for item in batches.iter() {
+            let (_, v) = item?;
+            usage.bytes += v.len() as u64;
+            usage.batches += 1;
+        }
+        Ok(Buffer {
+            db,
+            batches,
+            checkpoints,
+            meta,
+            dead,
+            chain_id,
+            max_bytes,
+            usage: Mutex::new(usage),
+            space: Condvar::new(),
+            sealed: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub fn chain_id(&self) -> [u8; 16] {
+        self.chain_id
+    }
+
+    pub fn usage(&self) -> Usage {
+        *self.usage.lock().expect("usage lock")
+    }
+
+    pub fn chain_state(&self, stream: &str) -> Result<ChainState> {
+        let seq = self.meta.get(format!("next_seq/{stream}"))?;
+        let link = self.meta.get(format!("link/{stream}"))?;
+        Ok(match (seq, link) {
+            (Some(s), Some(l)) => ChainState {
+                next_seq: u64::from_be_bytes(
+                    s.as_ref()
+                        .try_into()
+                        .map_err(|_| BufferError::Corrupt("next_seq".into()))?,
+                ),
+                link: l
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| BufferError::Corrupt("link".into()))?,
+            },
+            _ => ChainState {
+                next_seq: 1,
+                link: crate::envelope::GENESIS_PREV_HASH,
+            },
+        })
+    }
+
+    pub fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
+        let mut out = Vec::new();
+        for item in self.checkpoints.iter() {
+            let (k, v) = item?;
+            match Checkpoint::decode(&k, &v) {
+                Some(c) => out.push(c),
+                None => tracing::warn!("skipping a malformed checkpoint entry in the buffer"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Blocks while adding `size` bytes would exceed `max_bytes` (and the buffer is not
+    /// empty, so one batch always fits). Returns false if `give_up` became true first.
+    pub fn wait_for_space(&self, size: u64, give_up: &dyn Fn() -> bool) -> bool {
+        let mut usage = self.usage.lock().expect("usage lock");
+        while usage.batches > 0 && usage.bytes + size > self.max_bytes {
+            if give_up() {
+                return false;
+            }
+            usage = self
+                .space
+                .wait_timeout(usage, Duration::from_millis(100))
+                .expect("usage lock")
+                .0;
+        }
+        true
+    }
+
+    /// Stores a sealed envelope, advances the chain and the checkpoints, all in one
+    /// transaction, and flushes. On return the batch is durable.
+    pub fn seal(
+        &self,
+        stream: &str,
+        seq: u64,
+        next_link: [u8; 32],
+        envelope: &[u8],
+        checkpoints: &[Checkpoint],
+    ) -> Result<()> {
+        let key = batch_key(stream, seq);
+        let seq_key = format!("next_seq/{stream}");
+        let link_key = format!("link/{stream}");
+        let next_seq = (seq + 1).to_be_bytes();
+        let encoded: Vec<([u8; 16], Vec<u8>)> = checkpoints
+            .iter()
+            .map(|c| (c.id.key(), c.encode()))
+            .collect();
+        let envelope = sled::IVec::from(envelope);
+        (&self.batches, &self.meta, &self.checkpoints)
+            .transaction(|(b, m, c)| {
+                let expected = m
+                    .get(seq_key.as_bytes())?
+                    .map(|v| v.as_ref() == (seq).to_be_bytes())
+                    .unwrap_or(seq == 1);
+                if !expected {
+                    return Err(abort(BufferError::Corrupt(format!(
+                        "sealing seq {seq} of stream {stream} out of order"
+                    ))));
+                }
+                b.insert(key.as_slice(), envelope.clone())?;
+                m.insert(seq_key.as_bytes(), &next_seq[..])?;
+                m.insert(link_key.as_bytes(), &next_link[..])?;
+                for (k, v) in &encoded {
+                    c.insert(&k[..], v.as_slice())?;
+                }
+                Ok(())
+            })
+            .map_err(tx_err)?;
+        crate::crash::point("after_seal_before_flush");
+        self.db.flush()?;
+        crate::crash::point("after_seal_flush");
+        {
+            let mut u = self.usage.lock().expect("usage lock");
+            u.bytes += envelope.len() as u64;
+            u.batches += 1;
+        }
+        self.sealed.notify_one();
+        Ok(())
+    }
+
+    /// Persists checkpoints that moved without any line to seal (a truncation reset).
+    pub fn save_checkpoints(&self, checkpoints: &[Checkpoint]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for c in checkpoints {
+            batch.insert(&c.id.key()[..], c.encode());
+        }
+        self.checkpoints.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The oldest stored batch of any stream.
+    pub fn oldest(&self) -> Result<Option<Stored>> {
+        match self.batches.iter().next() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = item?;
+                let (stream, seq) = split_key(&k)?;
+                Ok(Some(Stored {
+                    stream,
+                    seq,
+                    envelope: v,
+                }))
+            }
+        }
+    }
+
+    /// The stored batch `seq` of `stream`, if still held.
+    pub fn get(&self, stream: &str, seq: u64) -> Result<Option<sled::IVec>> {
+        Ok(self.batches.get(batch_key(stream, seq))?)
+    }
+
+    /// The central store has the batch: delete it and wake a paused sealer.
+    pub fn ack(&self, stream: &str, seq: u64) -> Result<()> {
+        if let Some(old) = self.batches.remove(batch_key(stream, seq))? {
+            let mut u = self.usage.lock().expect("usage lock");
+            u.bytes = u.bytes.saturating_sub(old.len() as u64);
+            u.batches = u.batches.saturating_sub(1);
+        }
+        self.space.notify_all();
+        Ok(())
+    }
+
+    /// Moves a refused batch to the dead-letter tree and puts its tombstone in its place,
+    /// in one transaction, then flushes.
+    pub fn dead_letter(&self, stream: &str, seq: u64, reason: &str, tombstone: &[u8]) -> Result<()> {
+        let key = batch_key(stream, seq);
+        let reason_bytes = reason.as_bytes();
+        (&self.batches, &self.dead)
+            .transaction(|(b, d)| {
+                let Some(env) = b.get(&key)? else {
+                    return Err(abort(BufferError::Corrupt(format!(
+                        "dead-lettering seq {seq} of stream {stream}, which is not in the buffer"
+                    ))));
+                };
+                let mut v = Vec::with_capacity(2 + reason_bytes.len() + env.len());
+                v.extend_from_slice(&(reason_bytes.len() as u16).to_be_bytes());
+                v.extend_from_slice(reason_bytes);
+                v.extend_from_slice(&env);
+                d.insert(key.as_slice(), v)?;
+                b.insert(key.as_slice(), tombstone)?;
+                Ok(())
+            })
+            .map_err(tx_err)?;
+        self.db.flush()?;
+        self.recount()?;
+        Ok(())
+    }
+
+    fn recount(&self) -> Result<()> {
+        let mut usage = Usage::default();
+        for item in self.batches.iter() {
+            let (_, v) = item?;
+            usage.bytes += v.len() as u64;
+            usage.batches += 1;
+        }
+        *self.usage.lock().expect("usage lock") = usage;
+        self.space.notify_all();
+        Ok(())
+    }
+
+    /// Dead-lettered batches: (stream, seq, reason, envelope).
+    pub fn dead_letters(&self) -> Result<Vec<(String, u64, String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self.dead.iter() {
+            let (k, v) = item?;
+            let (stream, seq) = split_key(&k)?;
+            if v.len() < 2 {
+                return Err(BufferError::Corrupt("dead letter entry".into()));
+            }
+            let n = u16::from_be_bytes([v[0], v[1]]) as usize;
+            let reason = String::from_utf8_lossy(v.get(2..2 + n).unwrap_or_default()).into_owned();
+            out.push((stream, seq, reason, v.get(2 + n..).unwrap_or_default().to_vec()));
+        }
+        Ok(out)
+    }
+
+    pub fn remove_dead_letter(&self, stream: &str, seq: u64) -> Result<bool> {
+        let removed = self.dead.remove(batch_key(stream, seq))?.is_some();
+        self.db.flush()?;
+        Ok(removed)
+    }
+
+    /// Age of the oldest stored batch, from its header's first timestamp.
+    pub fn oldest_age(&self) -> Option<Duration> {
+        let stored = self.oldest().ok()??;
+        let env = crate::envelope::Envelope::decode(&stored.envelope).ok()?;
+        let first = env.header.first_ts_ns;
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_nanos() as i64;
+        Some(Duration::from_nanos(now_ns.saturating_sub(first).max(0) as u64))
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::FileId;
+
+    fn cp(ino: u64, offset: u64) -> Checkpoint {
+        Checkpoint {
+            id: FileId { dev: 1, ino },
+            path: "/x".into(),
+            offset,
+            head_len: 0,
+            head_hash: [0; 32],
+            updated_unix: 0,
+        }
+    }
+
+    #[test]
+    fn seal_persists_batch_chain_and_checkpoints_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain_id;
+        {
+            let b = Buffer::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+            chain_id = b.chain_id();
+            b.seal("default", 1, [1; 32], b"env-1", &[cp(5, 100)]).unwrap();
+            b.seal("default", 2, [2; 32], b"env-2", &[cp(5, 200), cp(6, 7)]).unwrap();
+            assert!(b.seal("default", 5, [2; 32], b"env-5", &[]).is_err());
+        }
+        let b = Buffer::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+        assert_eq!(b.chain_id(), chain_id);
+        assert_eq!(
+            b.chain_state("default").unwrap(),
+            ChainState {
+                next_seq: 3,
+                link: [2; 32]
+            }
+        );
+        let mut cps = b.checkpoints().unwrap();
+        cps.sort_by_key(|c| c.id.ino);
+        assert_eq!(cps.iter().map(|c| c.offset).collect::<Vec<_>>(), vec![200, 7]);
+        assert_eq!(b.usage().batches, 2);
+        let oldest = b.oldest().unwrap().unwrap();
+        assert_eq!((oldest.seq, &oldest.envelope[..]), (1, &b"env-1"[..]));
+        b.ack("default", 1).unwrap();
+        assert_eq!(b.oldest().unwrap().unwrap().seq, 2);
+        assert_eq!(b.usage().bytes, 5);
+    }
+
+    #[test]
+    fn a_full_buffer_blocks_until_acked() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = std::sync::Arc::new(Buffer::open(dir.path(), 1 << 20, 10).unwrap());
+        b.seal("default", 1, [1; 32], b"0123456789", &[]).unwrap();
+        assert!(!b.wait_for_space(5, &|| true), "full buffer must not admit more");
+        let b2 = b.clone();
+        let waiter = std::thread::spawn(move || b2.wait_for_space(5, &|| false));
+        b.ack("default", 1).unwrap();
+        assert!(waiter.join().unwrap());
+    }
+
+    #[test]
+    fn dead_letter_swaps_in_the_tombstone() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Buffer::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+        b.seal("default", 1, [1; 32], b"refused", &[]).unwrap();
+        b.dead_letter("default", 1, "413 body_too_large", b"tomb").unwrap();
+        assert_eq!(&b.get("default", 1).unwrap().unwrap()[..], b"tomb");
+        let dl = b.dead_letters().unwrap();
+        assert_eq!(dl.len(), 1);
+        assert_eq!(dl[0].2, "413 body_too_large");
+        assert_eq!(dl[0].3, b"refused");
+    }
+}

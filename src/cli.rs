@@ -1,0 +1,307 @@
+//! Command line: parses arguments and hands off to the library. Exit codes: 0 success,
+//! 1 a failure at run time (or `verify` found problems), 2 bad arguments, 64 a bad config
+//! file (nothing was started).
+
+use crate::buffer::Buffer;
+use crate::config::{self, AgentConfig, ConfigKind, ReceiverConfig};
+use crate::envelope::{self, keys, Envelope, Header, Kind};
+use crate::redact::{Counts, Redactor};
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "logveil", version, about = "Host log shipping that keeps PII on the host")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write an Ed25519 key pair: DIR/agent.key (0600) and DIR/agent.pub.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run the agent: tail, redact, buffer, ship.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the central store.
+    Receive {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check a config file (agent or central store) and exit.
+    Validate {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Redact lines from stdin to stdout with the agent's rules (built-ins without --config).
+    Redact {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Verify an archive: signatures, payload hashes, sequences and hash chains.
+    Verify {
+        #[arg(long)]
+        archive: PathBuf,
+        #[arg(long)]
+        keys: PathBuf,
+    },
+    /// Read an archive.
+    Archive {
+        #[command(subcommand)]
+        command: ArchiveCommand,
+    },
+    /// Inspect and replay batches the central store refused for good (agent stopped).
+    DeadLetter {
+        #[command(subcommand)]
+        command: DeadLetterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ArchiveCommand {
+    /// Print every archived record as one JSON object per line.
+    Cat {
+        #[arg(long)]
+        archive: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// List dead-lettered batches: stream, seq, records, reason.
+    List {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the records of dead-lettered batches (already redacted) as JSON lines.
+    Show {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        seq: Option<u64>,
+    },
+    /// Seal dead-lettered batches again under new seqs, so the agent ships them on its next
+    /// start; they leave the dead-letter tree.
+    Replay {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        seq: Option<u64>,
+    },
+}
+
+/// Errors that map to the config exit code.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct ConfigFailure(#[from] config::ConfigError);
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            if e.downcast_ref::<ConfigFailure>().is_some() {
+                eprintln!("logveil: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            eprintln!("logveil: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOGVEIL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load_agent(path: &std::path::Path) -> anyhow::Result<AgentConfig> {
+    Ok(AgentConfig::load(path).map_err(ConfigFailure)?)
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Keygen { out } => {
+            let key = keys::generate();
+            let (secret, public) = keys::write_pair(&out, &key)?;
+            println!(
+                "wrote {} and {} (key id {})",
+                secret.display(),
+                public.display(),
+                keys::key_id(&key.verifying_key())
+            );
+        }
+        Command::Run { config } => {
+            let cfg = load_agent(&config)?;
+            crate::agent::run(cfg)?;
+        }
+        Command::Receive { config } => {
+            let cfg = ReceiverConfig::load(&config).map_err(ConfigFailure)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                let stop = shutdown.clone();
+                tokio::spawn(async move {
+                    use tokio::signal::unix::{signal, SignalKind};
+                    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+                    let mut int = signal(SignalKind::interrupt()).expect("signal handler");
+                    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+                    stop.cancel();
+                });
+                crate::receive::run(cfg, shutdown).await
+            })?;
+        }
+        Command::Validate { config } => {
+            let text = std::fs::read_to_string(&config)
+                .map_err(|source| ConfigFailure(config::ConfigError::Read {
+                    path: config.clone(),
+                    source,
+                }))?;
+            match config::kind_of(&text) {
+                ConfigKind::Agent => {
+                    AgentConfig::from_text(&config, &text).map_err(ConfigFailure)?;
+                    println!("{}: valid agent config", config.display());
+                }
+                ConfigKind::Receiver => {
+                    ReceiverConfig::from_text(&config, &text).map_err(ConfigFailure)?;
+                    println!("{}: valid central store config", config.display());
+                }
+            }
+        }
+        Command::Redact { config } => {
+            let redactor = match config {
+                Some(path) => Redactor::from_config(&load_agent(&path)?.redact)?,
+                None => Redactor::defaults(),
+            };
+            redact_stdio(&redactor)?;
+        }
+        Command::Verify { archive, keys } => {
+            let report = crate::verify::verify(&archive, &keys);
+            println!("{report}");
+            if !report.problems.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Archive {
+            command: ArchiveCommand::Cat { archive },
+        } => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            crate::archive::cat(&archive, &mut out)?;
+            out.flush()?;
+        }
+        Command::DeadLetter { command } => dead_letter(command)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One output line per input line; a `\r` before the `\n` is dropped like the agent does.
+fn redact_stdio(redactor: &Redactor) -> anyhow::Result<()> {
+    let stdin = std::io::stdin();
+    let mut input = std::io::BufReader::with_capacity(1 << 16, stdin.lock());
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut line = Vec::new();
+    let mut counts = Counts::default();
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+        }
+        let (text, _) = crate::pipeline::record::decode_line(&line);
+        out.write_all(redactor.redact(&text, &mut counts).as_bytes())?;
+        out.write_all(b"\n")?;
+        counts.clear();
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn open_buffer(config: &std::path::Path) -> anyhow::Result<(AgentConfig, Buffer)> {
+    let cfg = load_agent(config)?;
+    let buffer = Buffer::open(
+        &cfg.agent.data_dir.join("buffer"),
+        cfg.buffer.cache_capacity,
+        cfg.buffer.max_bytes,
+    )
+    .context("opening the buffer (is the agent still running? stop it first)")?;
+    Ok((cfg, buffer))
+}
+
+fn dead_letter(command: DeadLetterCommand) -> anyhow::Result<()> {
+    match command {
+        DeadLetterCommand::List { config } => {
+            let (_, buffer) = open_buffer(&config)?;
+            println!("stream\tseq\trecords\tbytes\treason");
+            for (stream, seq, reason, env) in buffer.dead_letters()? {
+                let records = Envelope::decode(&env)
+                    .map(|e| e.header.record_count.to_string())
+                    .unwrap_or_else(|_| "?".into());
+                println!("{stream}\t{seq}\t{records}\t{}\t{reason}", env.len());
+            }
+        }
+        DeadLetterCommand::Show { config, seq } => {
+            let (_, buffer) = open_buffer(&config)?;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            for (_, s, _, env) in buffer.dead_letters()? {
+                if seq.is_some_and(|want| want != s) {
+                    continue;
+                }
+                let env = Envelope::decode(&env)?;
+                out.write_all(&env.decompress(env.header.decompressed_len)?)?;
+            }
+        }
+        DeadLetterCommand::Replay { config, seq } => {
+            let (_, buffer) = open_buffer(&config)?;
+            let key = keys::load_signing_key(&load_agent(&config)?.agent.signing_key)?;
+            let mut replayed = 0;
+            for (stream, s, _, env) in buffer.dead_letters()? {
+                if seq.is_some_and(|want| want != s) {
+                    continue;
+                }
+                let old = Envelope::decode(&env)?;
+                let state = buffer.chain_state(&stream)?;
+                let header = Header {
+                    kind: Kind::Data,
+                    key_id: keys::key_id(&key.verifying_key()),
+                    seq: state.next_seq,
+                    prev_hash: state.link,
+                    ..old.header.clone()
+                };
+                let (bytes, link) = envelope::seal(&header, old.payload, &key);
+                buffer.seal(&stream, state.next_seq, link, &bytes, &[])?;
+                buffer.remove_dead_letter(&stream, s)?;
+                println!("replayed {stream} seq {s} as seq {}", state.next_seq);
+                replayed += 1;
+            }
+            if replayed == 0 {
+                bail!("no dead-lettered batch matched");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! Records: one JSON object per line of a batch payload.
+//!
+//! ```json
+//! {"host":"web-1","source":"app","stream":"default","path":"/var/log/app.log","offset":0,
+//!  "timestamp":"2026-12-03T18:07:14.123456Z","body":"user [REDACTED:email] logged in",
+//!  "redactions":{"email":1}}
+//! ```
+//! Optional fields: `body_encoding: "escaped"` when the line was not valid UTF-8 (see
+//! [`decode_line`]); `part` and `last_part` for a line split at `max_line_bytes`;
+//! `json_error: true` for a line of a `json` source that did not parse; `redactions` when
+//! anything was redacted.
+
+use std::borrow::Cow;
+
+/// Turns a line's bytes into text. Valid UTF-8 is returned as is (borrowed). Otherwise
+/// every invalid byte becomes the four characters `\xNN` and every backslash is doubled, so
+/// the original bytes can be recovered exactly; the record then says
+/// `"body_encoding":"escaped"`.
+pub fn decode_line(bytes: &[u8]) -> (Cow<'_, str>, bool) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (Cow::Borrowed(s), false),
+        Err(_) => {
+            let mut out = String::with_capacity(bytes.len() + 16);
+            for chunk in bytes.utf8_chunks() {
+                for c in chunk.valid().chars() {
+                    if c == '\\' {
+                        out.push_str("\\\\");
+                    } else {
+                        out.push(c);
+                    }
+                }
+                for b in chunk.invalid() {
+                    out.push_str(&format!("\\x{b:02X}"));
+                }
+            }
+            (Cow::Owned(out), true)
+        }
+    }
+}
+
+/// Reverses [`decode_line`] for an escaped body.
+pub fn unescape_body(text: &str) -> Vec<u8> {
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() {
+            if b[i + 1] == b'\\' {
+                out.push(b'\\');
+                i += 2;
+                continue;
+            }
+            if b[i + 1] == b'x' && i + 3 < b.len() {
+                if let Ok(v) = u8::from_str_radix(&text[i + 2..i + 4], 16) {
+                    out.push(v);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("writing JSON to a Vec cannot fail");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_utf8_is_untouched() {
+        let (s, esc) = decode_line("héllo \\ world".as_bytes());
+        assert_eq!((s.as_ref(), esc), ("héllo \\ world", false));
+    }
+
+    #[test]
+    fn invalid_bytes_are_escaped_losslessly() {
+        let raw = b"a\xff\\x41b\xc3";
+        let (s, esc) = decode_line(raw);
+        assert!(esc);
+        assert_eq!(s, "a\\xFF\\\\x41b\\xC3");
+        assert_eq!(unescape_body(&s), raw);
+    }
+}

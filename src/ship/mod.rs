@@ -1,0 +1,236 @@
+//! The shipper: sends buffered envelopes to the central store, oldest first, one at a time,
+//! and deletes each only after the store acknowledged it (the store answers 2xx only after
+//! fsync). A batch is never dropped: transient failures retry forever (see [`retry`]); a
+//! misconfiguration keeps the batch and retries slowly; a batch the store refuses for good
+//! moves to the dead-letter tree and a signed tombstone takes its seq, so the chain goes on
+//! and the loss is on record.
+
+pub mod client;
+pub mod retry;
+
+use crate::buffer::{Buffer, Stored};
+use crate::config::SinkConfig;
+use crate::envelope::{self, Envelope, Header, Kind};
+use crate::telemetry::AgentMetrics;
+use ed25519_dalek::SigningKey;
+use retry::Verdict;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+pub use client::{fetch_limits, Limits};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    #[error(transparent)]
+    Buffer(#[from] crate::buffer::BufferError),
+    #[error("a stored envelope does not decode: {0}")]
+    Corrupt(#[from] envelope::DecodeError),
+}
+
+pub struct Shipper {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    sink: SinkConfig,
+    buffer: Arc<Buffer>,
+    key: SigningKey,
+    metrics: AgentMetrics,
+}
+
+/// How one delivery attempt ended.
+struct Attempt {
+    verdict: Verdict,
+    status: Option<u16>,
+    detail: String,
+}
+
+impl Shipper {
+    pub fn new(
+        sink: SinkConfig,
+        buffer: Arc<Buffer>,
+        key: SigningKey,
+        metrics: AgentMetrics,
+    ) -> anyhow::Result<Self> {
+        let (client, url) = client::build(&sink)?;
+        Ok(Shipper {
+            client,
+            url,
+            sink,
+            buffer,
+            key,
+            metrics,
+        })
+    }
+
+    /// Ships until `hard_stop` is cancelled, or until `drained` is cancelled and the buffer
+    /// is empty.
+    pub async fn run(self, drained: CancellationToken, hard_stop: CancellationToken) -> Result<(), ShipError> {
+        let mut attempt: u32 = 0;
+        loop {
+            self.update_gauges();
+            let Some(stored) = self.buffer.oldest()? else {
+                if drained.is_cancelled() {
+                    return Ok(());
+                }
+                tokio::select! {
+                    _ = hard_stop.cancelled() => return Ok(()),
+                    _ = drained.cancelled() => {}
+                    _ = self.buffer.sealed.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            };
+            crate::crash::point("before_ship");
+            let outcome = tokio::select! {
+                _ = hard_stop.cancelled() => return Ok(()),
+                outcome = self.send(&stored.envelope) => outcome,
+            };
+            let wait = match outcome.verdict {
+                Verdict::Ack => {
+                    crate::crash::point("after_ack_before_delete");
+                    self.buffer.ack(&stored.stream, stored.seq)?;
+                    crate::crash::point("after_delete");
+                    self.metrics.batches_shipped.inc();
+                    tracing::debug!(seq = stored.seq, stream = %stored.stream, "batch acknowledged");
+                    attempt = 0;
+                    continue;
+                }
+                Verdict::Retry { after } => {
+                    self.metrics.batches_retried.inc();
+                    let wait = after.unwrap_or_else(|| {
+                        retry::backoff(attempt, self.sink.retry_initial, self.sink.retry_max)
+                    });
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(
+                        seq = stored.seq,
+                        status = outcome.status,
+                        error = %outcome.detail,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "delivery failed, will retry"
+                    );
+                    wait
+                }
+                Verdict::Misconfigured | Verdict::Conflict => {
+                    self.metrics.batches_retried.inc();
+                    tracing::error!(
+                        seq = stored.seq,
+                        status = outcome.status,
+                        reason = %outcome.detail,
+                        retry_in_s = self.sink.misconfigured_retry.as_secs(),
+                        "the central store refuses this agent's batches; check enrollment, key and sink.url — the batch is kept"
+                    );
+                    self.sink.misconfigured_retry
+                }
+                Verdict::Refused => {
+                    self.dead_letter(&stored, &outcome)?;
+                    attempt = 0;
+                    continue;
+                }
+            };
+            tokio::select! {
+                _ = hard_stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn send(&self, envelope: &[u8]) -> Attempt {
+        let request = self
+            .client
+            .post(self.url.clone())
+            .header("content-type", "application/octet-stream")
+            .body(envelope.to_vec());
+        match request.send().await {
+            Err(e) => Attempt {
+                verdict: Verdict::Retry { after: None },
+                status: None,
+                detail: client::describe(&e),
+            },
+            Ok(resp) => {
+                let status = resp.status();
+                let after = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| {
+                        retry::retry_after(v, SystemTime::now(), self.sink.retry_after_max)
+                    });
+                // The store's JSON error names a reason code; keep it short for logs.
+                let body = resp.text().await.unwrap_or_default();
+                let detail = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| {
+                        let code = v.get("error")?.as_str()?.to_string();
+                        Some(match v.get("expected_seq").and_then(|s| s.as_u64()) {
+                            Some(e) => format!("{code} (expected seq {e})"),
+                            None => code,
+                        })
+                    })
+                    .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
+                Attempt {
+                    verdict: retry::classify(status, after),
+                    status: Some(status.as_u16()),
+                    detail,
+                }
+            }
+        }
+    }
+
+    fn dead_letter(&self, stored: &Stored, outcome: &Attempt) -> Result<(), ShipError> {
+        let refused = Envelope::decode(&stored.envelope)?;
+        let reason = format!(
+            "HTTP {}: {}",
+            outcome.status.unwrap_or(0),
+            outcome.detail
+        );
+        let tombstone = tombstone_for(&refused, &reason, &self.key);
+        self.buffer
+            .dead_letter(&stored.stream, stored.seq, &reason, &tombstone)?;
+        self.metrics.batches_dead_lettered.inc();
+        tracing::error!(
+            seq = stored.seq,
+            stream = %stored.stream,
+            records = refused.header.record_count,
+            reason = %reason,
+            "the central store refused a batch for good: moved to the dead-letter tree, a tombstone takes its seq (inspect with `logveil dead-letter list`)"
+        );
+        Ok(())
+    }
+
+    fn update_gauges(&self) {
+        let usage = self.buffer.usage();
+        self.metrics.buffer_bytes.set(usage.bytes as i64);
+        self.metrics.buffer_batches.set(usage.batches as i64);
+        let age = self.buffer.oldest_age().unwrap_or_default();
+        self.metrics
+            .oldest_unshipped_age_seconds
+            .set(age.as_secs() as i64);
+    }
+}
+
+/// A signed tombstone that takes the refused envelope's seq and records its hashes.
+pub fn tombstone_for(refused: &Envelope, reason: &str, key: &SigningKey) -> Vec<u8> {
+    let h = &refused.header;
+    let mut reason = reason.to_string();
+    reason.truncate(1024);
+    let header = Header {
+        kind: Kind::Tombstone,
+        host_id: h.host_id.clone(),
+        key_id: envelope::keys::key_id(&key.verifying_key()),
+        stream: h.stream.clone(),
+        chain_id: h.chain_id,
+        seq: h.seq,
+        prev_hash: h.prev_hash,
+        payload_sha256: envelope::sha256(&[]),
+        payload_len: 0,
+        decompressed_len: 0,
+        record_count: 0,
+        first_ts_ns: h.first_ts_ns,
+        last_ts_ns: h.last_ts_ns,
+        policy_hash: h.policy_hash,
+        refused_link: envelope::link_hash(refused.header_bytes, &refused.signature),
+        refused_payload_sha256: h.payload_sha256,
+        reason,
+    };
+    envelope::seal(&header, &[], key).0
+}
