@@ -21,6 +21,10 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
+/// Chunks in flight between the source and the pipeline. A chunk is at most one read pass
+/// of one file, so this bounds the memory between reading and sealing.
+const CHANNEL_CHUNKS: usize = 4;
+
 /// Envelope bytes beyond the payload: framing, header (host id and reason are bounded) and
 /// signature.
 const ENVELOPE_OVERHEAD: u64 = 8 + 1024 + 64;
@@ -107,7 +111,7 @@ async fn run_async(
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
 
-    let (tx, rx) = std::sync::mpsc::sync_channel(64);
+    let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_CHUNKS);
     let source = crate::source::spawn(
         cfg.sources.clone(),
         buffer.checkpoints()?,

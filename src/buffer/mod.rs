@@ -185,6 +185,12 @@ impl Buffer {
         Ok(out)
     }
 
+    /// Whether `size` more bytes fit now.
+    pub fn has_space(&self, size: u64) -> bool {
+        let usage = self.usage.lock().expect("usage lock");
+        usage.batches == 0 || usage.bytes + size <= self.max_bytes
+    }
+
     /// Blocks while adding `size` bytes would exceed `max_bytes` (and the buffer is not
     /// empty, so one batch always fits). Returns false if `give_up` became true first.
     pub fn wait_for_space(&self, size: u64, give_up: &dyn Fn() -> bool) -> bool {

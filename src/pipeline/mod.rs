@@ -271,6 +271,13 @@ impl Pipeline {
             reason: String::new(),
         };
         let (bytes, link) = envelope::seal(&header, &compressed, &self.key);
+        if !self.buffer.has_space(bytes.len() as u64) {
+            self.metrics.buffer_full_pauses.inc();
+            tracing::info!(
+                buffer_bytes = self.buffer.usage().bytes,
+                "buffer full: reading paused until the central store acknowledges batches"
+            );
+        }
         if !self.buffer.wait_for_space(bytes.len() as u64, &|| {
             hard_stop.is_cancelled()
         }) {

@@ -224,6 +224,7 @@ mod tests {
             "ref 4111111111111112 failed luhn",
             "build 1.2.300.4000",
             "version 10.2.3.4.5",
+            "Mozilla/5.0 AppleWebKit/537.36 Chrome/124.0.0.0 Safari/537.36",
             "ssn-like 000-12-3456 and 666-12-3456",
             "id 1234567890123",
             "ts 2024-05-11T03:12:34.501Z",

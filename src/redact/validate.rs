@@ -118,7 +118,11 @@ pub fn ipv4(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
         && text.as_bytes()[start - 2].is_ascii_digit();
     let dotted_after = byte_at(text, end) == Some(b'.')
         && byte_at(text, end + 1).is_some_and(|b| b.is_ascii_digit());
-    if dotted_before || dotted_after {
+    // A product version token such as `Chrome/124.0.0.0`.
+    let product_version = byte_before(text, start) == Some(b'/')
+        && start >= 2
+        && text.as_bytes()[start - 2].is_ascii_alphabetic();
+    if dotted_before || dotted_after || product_version {
         return None;
     }
     let ok = text[start..end]

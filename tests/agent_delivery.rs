@@ -1,0 +1,193 @@
+//! End to end: the real agent tails real files and ships to the real central store on
+//! 127.0.0.1; the archive is read back with `logveil archive cat` and checked line by line.
+
+mod common;
+
+use common::*;
+use nix::sys::signal::Signal;
+use rand::Rng;
+use std::io::Write;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn write_lines(path: &std::path::Path, tag: &str, from: usize, to: usize) {
+    let mut f = std::io::BufWriter::new(open_append(path));
+    for i in from..to {
+        writeln!(f, "{tag} line {i:06} some payload text for the test").unwrap();
+    }
+    f.flush().unwrap();
+}
+
+#[test]
+fn hundred_thousand_lines_in_three_files_arrive_once_in_order() {
+    let mut w = World::new();
+    let _store = w.start_receiver();
+    let _agent = w.start_agent();
+    let files: Vec<_> = (0..3).map(|i| w.logs().join(format!("f{i}.log"))).collect();
+    // Appended while the agent runs, in interleaved bursts.
+    let total = 100_000;
+    let per_file = total / 3 + 1;
+    let mut written = 0;
+    let mut next = [0usize; 3];
+    let mut rng = rand::thread_rng();
+    while written < total {
+        let i = rng.gen_range(0..3);
+        let n = rng.gen_range(1..2000).min(per_file - next[i]).min(total - written);
+        if n == 0 {
+            continue;
+        }
+        write_lines(&files[i], &format!("f{i}"), next[i], next[i] + n);
+        next[i] += n;
+        written += n;
+    }
+    let records = w.wait_records(total, LONG);
+    let mut checked = 0;
+    for f in &files {
+        checked += assert_file_shipped_exactly_once(&records, f);
+    }
+    assert_eq!(checked, total);
+    let (ok, report) = w.verify();
+    assert!(ok, "verify failed: {report}");
+}
+
+#[test]
+fn kill9_at_random_moments_loses_and_duplicates_nothing() {
+    let mut w = World::new();
+    let _store = w.start_receiver();
+    let files: Vec<_> = (0..2).map(|i| w.logs().join(format!("k{i}.log"))).collect();
+    let mut rng = rand::thread_rng();
+    let mut next = [0usize; 2];
+    for _round in 0..5 {
+        let mut agent = w.start_agent();
+        for _ in 0..rng.gen_range(3..8) {
+            let i = rng.gen_range(0..2);
+            let n = rng.gen_range(100..3000);
+            write_lines(&files[i], &format!("k{i}"), next[i], next[i] + n);
+            next[i] += n;
+            std::thread::sleep(Duration::from_millis(rng.gen_range(0..300)));
+        }
+        agent.kill9();
+    }
+    let _agent = w.start_agent();
+    let total: usize = next.iter().sum();
+    let records = w.wait_records(total, LONG);
+    for f in &files {
+        assert_file_shipped_exactly_once(&records, f);
+    }
+    assert!(w.verify().0, "{}", w.verify().1);
+}
+
+#[test]
+fn store_outage_and_full_buffer_pause_reading_and_lose_nothing() {
+    let mut w = World::new();
+    let telemetry_port = free_port();
+    // A tiny buffer: a few batches fill it while the store is down.
+    w.agent_extra = format!(
+        "batch_max_bytes = 8192\n[buffer]\nmax_bytes = 40000\n[telemetry]\nlisten = \"127.0.0.1:{telemetry_port}\"\n"
+    );
+    let mut agent = w.start_agent();
+    let file = w.logs().join("outage.log");
+    let total = 80_000; // ~4 MB: far more than the buffer and the in-flight chunks hold
+    write_lines(&file, "o", 0, total);
+    let metric = |name: &str| -> Option<f64> {
+        let body = http_get(telemetry_port, "/metrics")?;
+        body.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.split_whitespace().last()?.parse().ok())
+    };
+    wait_until(LONG, "the buffer fills while the store is down", || {
+        metric("logveil_agent_buffer_full_pauses_total").is_some_and(|n| n >= 1.0)
+    });
+    let read_then = metric("logveil_agent_lines_read_total").unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let read_now = metric("logveil_agent_lines_read_total").unwrap();
+    assert_eq!(read_then, read_now, "reading must pause while the buffer is full");
+    assert!(read_now < total as f64, "all lines were read despite a full buffer");
+    let buffered = metric("logveil_agent_buffer_bytes").unwrap();
+    assert!(buffered <= 40000.0, "buffer holds {buffered} bytes, above max_bytes");
+    assert!(agent.is_running());
+    let _store = w.start_receiver();
+    let records = w.wait_records(total, LONG);
+    assert_file_shipped_exactly_once(&records, &file);
+}
+
+/// A tiny HTTP GET for the telemetry endpoint.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_string())
+}
+
+#[test]
+fn sigterm_seals_and_exits_zero_and_a_partial_line_ships_whole_later() {
+    let mut w = World::new();
+    let _store = w.start_receiver();
+    let mut agent = w.start_agent();
+    let file = w.logs().join("term.log");
+    write_lines(&file, "t", 0, 1000);
+    append(&file, "the final line is still being writ");
+    w.wait_records(1000, LONG);
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "agent exit status after SIGTERM: {status:?}");
+    assert_eq!(w.records().len(), 1000, "the partial line must not ship at shutdown");
+    // The writer finishes the line while the agent is down; it ships whole once.
+    append(&file, "ten\n");
+    let _agent = w.start_agent();
+    let records = w.wait_records(1001, LONG);
+    assert_file_shipped_exactly_once(&records, &file);
+    assert_eq!(
+        records.last().unwrap()["body"],
+        "the final line is still being written"
+    );
+}
+
+#[test]
+fn a_final_line_without_newline_ships_whole_after_idle_once() {
+    let mut w = World::new();
+    let _store = w.start_receiver();
+    let _agent = w.start_agent();
+    let file = w.logs().join("idle.log");
+    append(&file, "complete\nno newline at the end");
+    let records = w.wait_records(2, LONG);
+    assert_eq!(records[1]["body"], "no newline at the end");
+    assert_eq!(records[1]["offset"], 9);
+    // More time passes: it is not shipped again.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(w.records().len(), 2);
+}
+
+#[test]
+fn crash_points_between_seal_flush_ship_and_delete_lose_and_duplicate_nothing() {
+    for point in [
+        "after_seal_before_flush",
+        "after_seal_flush",
+        "before_ship",
+        "after_ack_before_delete",
+        "after_delete",
+    ] {
+        let mut w = World::new();
+        let _store = w.start_receiver();
+        let file = w.logs().join("crash.log");
+        write_lines(&file, "c", 0, 3000);
+        w.agent_extra = "batch_max_bytes = 8192\n".into();
+        w.agent_env = vec![
+            ("LOGVEIL_CRASH_AT".into(), point.into()),
+            ("LOGVEIL_CRASH_AFTER".into(), "1".into()),
+        ];
+        let mut agent = w.start_agent();
+        let status = agent.wait_exit(LONG);
+        assert!(!status.success(), "{point}: the agent should have crashed");
+        write_lines(&file, "c", 3000, 4000);
+        w.agent_env.clear();
+        let _agent = w.start_agent();
+        let records = w.wait_records(4000, LONG);
+        assert_file_shipped_exactly_once(&records, &file);
+        assert!(w.verify().0, "{point}: {}", w.verify().1);
+    }
+}

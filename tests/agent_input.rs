@@ -1,0 +1,126 @@
+//! Bad and real input through the real agent and store: CRLF, invalid UTF-8, NUL, long
+//! lines, empty files, and the real-world corpus.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn body_bytes(r: &serde_json::Value) -> Vec<u8> {
+    let body = r["body"].as_str().unwrap();
+    if r["body_encoding"] == "escaped" {
+        logveil::pipeline::record::unescape_body(body)
+    } else {
+        body.as_bytes().to_vec()
+    }
+}
+
+#[test]
+fn crlf_invalid_utf8_nul_and_empty_files_are_shipped_faithfully() {
+    let mut w = World::new();
+    let _store = w.start_receiver();
+    let _agent = w.start_agent();
+    std::fs::write(w.logs().join("empty.log"), b"").unwrap();
+    let raw: &[u8] = b"dos line one\r\ndos line two\r\nbad \xff\xfe bytes \\x41 here\nnul\0inside\n\n";
+    std::fs::write(w.logs().join("mixed.log"), raw).unwrap();
+    let records = w.wait_records(5, LONG);
+    let got: Vec<(u64, Vec<u8>)> = records
+        .iter()
+        .map(|r| (r["offset"].as_u64().unwrap(), body_bytes(r)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (0, b"dos line one".to_vec()),
+            (14, b"dos line two".to_vec()),
+            (28, b"bad \xff\xfe bytes \\x41 here".to_vec()),
+            (51, b"nul\0inside".to_vec()),
+            (62, b"".to_vec()),
+        ]
+    );
+    assert_eq!(records[2]["body_encoding"], "escaped");
+    assert!(records.iter().all(|r| r["path"] != w.logs().join("empty.log").to_str().unwrap()));
+}
+
+#[test]
+fn a_line_longer_than_max_line_bytes_is_split_into_counted_parts() {
+    let mut w = World::new();
+    let _store = w.start_receiver();
+    let _agent = w.start_agent();
+    // max_line_bytes is 2048 in the test config.
+    let long: String = (0..1500).map(|i| format!("w{i} ")).collect();
+    let file = w.logs().join("long.log");
+    append(&file, &format!("short\n{long}\nafter\n"));
+    let mut records = Vec::new();
+    wait_until(LONG, "the line after the long one arrives", || {
+        records = w.records();
+        records.last().is_some_and(|r| r["body"] == "after")
+    });
+    let parts: Vec<&serde_json::Value> = records.iter().filter(|r| r.get("part").is_some()).collect();
+    assert!(parts.len() >= 3, "expected several parts, got {}", parts.len());
+    let mut joined = String::new();
+    for (i, p) in parts.iter().enumerate() {
+        assert_eq!(p["part"], i as u64);
+        assert_eq!(p["last_part"], i + 1 == parts.len());
+        assert!(p["body"].as_str().unwrap().len() <= 2048);
+        assert_eq!(p["offset"].as_u64().unwrap(), 6 + joined.len() as u64);
+        joined.push_str(p["body"].as_str().unwrap());
+    }
+    assert_eq!(joined, long, "the parts put together are the line");
+}
+
+#[test]
+fn real_world_logs_arrive_line_for_line_at_their_offsets() {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/realworld");
+    let mut w = World::new();
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&corpus).expect("shared corpus present") {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "log") {
+            let dst = w.logs().join(p.file_name().unwrap());
+            std::fs::copy(&p, &dst).unwrap();
+            files.push(dst);
+        }
+    }
+    assert!(files.len() >= 10);
+    let _store = w.start_receiver();
+    let _agent = w.start_agent();
+    let expected: usize = files
+        .iter()
+        .map(|f| std::fs::read(f).unwrap().iter().filter(|&&b| b == b'\n').count())
+        .sum();
+    let records = w.wait_records(expected, LONG);
+    let mut redacted = 0;
+    for f in &files {
+        let content = std::fs::read(f).unwrap();
+        let path = f.to_str().unwrap();
+        let mine: Vec<&serde_json::Value> = records.iter().filter(|r| r["path"] == path).collect();
+        let mut offset = 0u64;
+        let mut i = 0;
+        for line in content.split_inclusive(|&b| b == b'\n') {
+            if !line.ends_with(b"\n") {
+                break;
+            }
+            let text = &line[..line.len() - 1];
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            let r = mine.get(i).unwrap_or_else(|| panic!("{path}: line {i} missing"));
+            assert_eq!(r["offset"].as_u64().unwrap(), offset, "{path}: line {i} offset");
+            let body = body_bytes(r);
+            if body.windows(10).any(|w| w == b"[REDACTED:") {
+                redacted += 1;
+                // Outside the markers, the text is the file's.
+                let body = String::from_utf8_lossy(&body).into_owned();
+                let first = body.split("[REDACTED:").next().unwrap();
+                assert!(String::from_utf8_lossy(text).starts_with(first), "{path}: line {i} prefix");
+            } else {
+                assert_eq!(body, text, "{path}: line {i} differs");
+            }
+            offset += line.len() as u64;
+            i += 1;
+        }
+        assert_eq!(mine.len(), i, "{path}: extra records");
+    }
+    assert!(redacted > 0, "the corpus holds IP addresses, so some lines are redacted");
+}

@@ -1,0 +1,126 @@
+//! How the agent reacts to what the real central store answers: misconfiguration (403),
+//! refusal for good (413 → dead letter + tombstone), server errors (5xx → retry), and limits
+//! it cannot meet (refuses to start).
+
+mod common;
+
+use common::*;
+use nix::sys::signal::Signal;
+use std::process::Command;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn lines(path: &std::path::Path, tag: &str, from: usize, to: usize) {
+    let text: String = (from..to).map(|i| format!("{tag} {i:05} shipping test line\n")).collect();
+    append(path, &text);
+}
+
+#[test]
+fn an_unenrolled_agent_keeps_its_batches_logs_an_error_and_ships_once_enrolled() {
+    let mut w = World::new();
+    std::fs::remove_file(w.path("trusted/test-host.pub")).unwrap();
+    let _store = w.start_receiver();
+    let agent = w.start_agent();
+    let file = w.logs().join("a.log");
+    lines(&file, "a", 0, 500);
+    wait_until(LONG, "an ERROR about the refusal", || {
+        let log = agent.log_text();
+        log.contains("ERROR") && log.contains("unknown_host")
+    });
+    assert!(w.records().is_empty());
+    w.enroll();
+    let records = w.wait_records(500, LONG);
+    assert_file_shipped_exactly_once(&records, &file);
+}
+
+#[test]
+fn refused_batches_are_dead_lettered_tombstoned_and_replayable() {
+    let mut w = World::new();
+    w.agent_extra = "batch_max_bytes = 8192\n".into();
+    let mut store = w.start_receiver();
+    let mut agent = w.start_agent();
+    let file = w.logs().join("d.log");
+    lines(&file, "d", 0, 100);
+    w.wait_records(100, LONG);
+
+    // The store comes back with a decompressed-size limit below the agent's batches.
+    store.kill9();
+    w.receiver_extra = "max_decompressed_bytes = 1024\n".into();
+    let mut store = w.start_receiver();
+    lines(&file, "d", 100, 400);
+    wait_until(LONG, "batches dead-lettered", || {
+        agent.log_text().contains("refused a batch for good")
+    });
+    // Later batches keep flowing once the store accepts them again.
+    store.kill9();
+    w.receiver_extra.clear();
+    let _store = w.start_receiver();
+    lines(&file, "d", 400, 500);
+    wait_until(LONG, "lines written after the refusals arrive", || {
+        w.records().iter().any(|r| r["body"] == "d 00499 shipping test line")
+    });
+    let (ok, report) = w.verify();
+    assert!(ok, "tombstones keep the chain verifiable: {report}");
+    assert!(report.contains("tombstones: ") && !report.contains("tombstones: 0"), "{report}");
+
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(20)).success());
+    let cfg = w.path("agent.toml");
+    let list = Command::new(bin()).args(["dead-letter", "list", "--config"]).arg(&cfg).output().unwrap();
+    assert!(list.status.success());
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(listed.lines().count() >= 2, "{listed}");
+    assert!(listed.contains("413"), "{listed}");
+    let replay = Command::new(bin()).args(["dead-letter", "replay", "--config"]).arg(&cfg).output().unwrap();
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    let _agent = w.start_agent();
+    let records = w.wait_records(500, LONG);
+    // Every line arrived exactly once; the replayed ones later than their neighbours.
+    let mut bodies: Vec<&str> = records.iter().map(|r| r["body"].as_str().unwrap()).collect();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len(), 500);
+    assert!(w.verify().0, "{}", w.verify().1);
+}
+
+#[test]
+fn server_errors_are_retried_until_the_store_recovers() {
+    let mut w = World::new();
+    let _store = w.start_receiver();
+    let agent = w.start_agent();
+    let file = w.logs().join("r.log");
+    lines(&file, "r", 0, 10);
+    w.wait_records(10, LONG);
+    // Break the store's storage under it: the chain directory becomes a file.
+    let chain_dir = walkdir::WalkDir::new(w.path("archive"))
+        .into_iter()
+        .map(|e| e.unwrap().into_path())
+        .find(|p| p.extension().is_some_and(|e| e == "lvb"))
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let aside = chain_dir.with_extension("aside");
+    std::fs::rename(&chain_dir, &aside).unwrap();
+    std::fs::write(&chain_dir, b"not a directory").unwrap();
+    lines(&file, "r", 10, 20);
+    wait_until(LONG, "the agent retries after a server error", || {
+        agent.log_text().contains("delivery failed, will retry")
+    });
+    std::fs::remove_file(&chain_dir).unwrap();
+    std::fs::rename(&aside, &chain_dir).unwrap();
+    let records = w.wait_records(20, LONG);
+    assert_file_shipped_exactly_once(&records, &file);
+}
+
+#[test]
+fn the_agent_refuses_to_start_with_batches_above_the_store_limits() {
+    let mut w = World::new();
+    w.receiver_extra = "max_decompressed_bytes = 65536\n".into();
+    let _store = w.start_receiver();
+    let mut agent = w.start_agent(); // batch_max_bytes defaults to 1 MiB
+    let status = agent.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(agent.log_text().contains("batch_max_bytes"), "{}", agent.log_text());
+}
