@@ -81,7 +81,12 @@ async fn run_async(
     redactor: Arc<Redactor>,
     metrics: AgentMetrics,
 ) -> anyhow::Result<()> {
-    let shipper = Shipper::new(cfg.sink.clone(), buffer.clone(), key.clone(), metrics.clone())?;
+    let shipper = Shipper::new(
+        cfg.sink.clone(),
+        buffer.clone(),
+        key.clone(),
+        metrics.clone(),
+    )?;
     let (client, url) = crate::ship::client::build(&cfg.sink)?;
     match tokio::time::timeout(
         Duration::from_secs(5),
@@ -90,8 +95,12 @@ async fn run_async(
     .await
     {
         Ok(Ok(limits)) => check_limits(cfg.sink.batch_max_bytes, &limits)?,
-        Ok(Err(e)) => tracing::warn!(error = %e, "could not read the central store's limits; starting anyway"),
-        Err(_) => tracing::warn!("the central store did not answer GET /v1/limits in time; starting anyway"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not read the central store's limits; starting anyway")
+        }
+        Err(_) => tracing::warn!(
+            "the central store did not answer GET /v1/limits in time; starting anyway"
+        ),
     }
 
     let stop_reading = CancellationToken::new();
@@ -167,7 +176,9 @@ async fn run_async(
     tokio::pin!(deadline);
     let hard = hard_stop.clone();
     let mut drain = tokio::spawn(async move {
-        tokio::task::spawn_blocking(move || source.join()).await.ok();
+        tokio::task::spawn_blocking(move || source.join())
+            .await
+            .ok();
         let sealed = pipe_done.await;
         drained.cancel();
         let shipped = ship_task.await;

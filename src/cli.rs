@@ -15,7 +15,11 @@ use std::process::ExitCode;
 pub const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "logveil", version, about = "Host log shipping that keeps PII on the host")]
+#[command(
+    name = "logveil",
+    version,
+    about = "Host log shipping that keeps PII on the host"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -169,11 +173,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             })?;
         }
         Command::Validate { config } => {
-            let text = std::fs::read_to_string(&config)
-                .map_err(|source| ConfigFailure(config::ConfigError::Read {
+            let text = std::fs::read_to_string(&config).map_err(|source| {
+                ConfigFailure(config::ConfigError::Read {
                     path: config.clone(),
                     source,
-                }))?;
+                })
+            })?;
             match config::kind_of(&text) {
                 ConfigKind::Agent => {
                     AgentConfig::from_text(&config, &text).map_err(ConfigFailure)?;
@@ -256,22 +261,28 @@ fn dead_letter(command: DeadLetterCommand) -> anyhow::Result<()> {
         DeadLetterCommand::List { config } => {
             let (_, buffer) = open_buffer(&config)?;
             println!("stream\tseq\trecords\tbytes\treason");
-            for (stream, seq, reason, env) in buffer.dead_letters()? {
-                let records = Envelope::decode(&env)
+            for dl in buffer.dead_letters()? {
+                let records = Envelope::decode(&dl.envelope)
                     .map(|e| e.header.record_count.to_string())
                     .unwrap_or_else(|_| "?".into());
-                println!("{stream}\t{seq}\t{records}\t{}\t{reason}", env.len());
+                println!(
+                    "{}\t{}\t{records}\t{}\t{}",
+                    dl.stream,
+                    dl.seq,
+                    dl.envelope.len(),
+                    dl.reason
+                );
             }
         }
         DeadLetterCommand::Show { config, seq } => {
             let (_, buffer) = open_buffer(&config)?;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
-            for (_, s, _, env) in buffer.dead_letters()? {
-                if seq.is_some_and(|want| want != s) {
+            for dl in buffer.dead_letters()? {
+                if seq.is_some_and(|want| want != dl.seq) {
                     continue;
                 }
-                let env = Envelope::decode(&env)?;
+                let env = Envelope::decode(&dl.envelope)?;
                 out.write_all(&env.decompress(env.header.decompressed_len)?)?;
             }
         }
@@ -279,12 +290,13 @@ fn dead_letter(command: DeadLetterCommand) -> anyhow::Result<()> {
             let (_, buffer) = open_buffer(&config)?;
             let key = keys::load_signing_key(&load_agent(&config)?.agent.signing_key)?;
             let mut replayed = 0;
-            for (stream, s, _, env) in buffer.dead_letters()? {
+            for dl in buffer.dead_letters()? {
+                let (stream, s) = (dl.stream.as_str(), dl.seq);
                 if seq.is_some_and(|want| want != s) {
                     continue;
                 }
-                let old = Envelope::decode(&env)?;
-                let state = buffer.chain_state(&stream)?;
+                let old = Envelope::decode(&dl.envelope)?;
+                let state = buffer.chain_state(stream)?;
                 let header = Header {
                     kind: Kind::Data,
                     key_id: keys::key_id(&key.verifying_key()),
@@ -293,8 +305,8 @@ fn dead_letter(command: DeadLetterCommand) -> anyhow::Result<()> {
                     ..old.header.clone()
                 };
                 let (bytes, link) = envelope::seal(&header, old.payload, &key);
-                buffer.seal(&stream, state.next_seq, link, &bytes, &[])?;
-                buffer.remove_dead_letter(&stream, s)?;
+                buffer.seal(stream, state.next_seq, link, &bytes, &[])?;
+                buffer.remove_dead_letter(stream, s)?;
                 println!("replayed {stream} seq {s} as seq {}", state.next_seq);
                 replayed += 1;
             }

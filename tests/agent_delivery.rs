@@ -33,7 +33,10 @@ fn hundred_thousand_lines_in_three_files_arrive_once_in_order() {
     let mut rng = rand::thread_rng();
     while written < total {
         let i = rng.gen_range(0..3);
-        let n = rng.gen_range(1..2000).min(per_file - next[i]).min(total - written);
+        let n = rng
+            .gen_range(1..2000)
+            .min(per_file - next[i])
+            .min(total - written);
         if n == 0 {
             continue;
         }
@@ -102,10 +105,19 @@ fn store_outage_and_full_buffer_pause_reading_and_lose_nothing() {
     let read_then = metric("logveil_agent_lines_read_total").unwrap();
     std::thread::sleep(Duration::from_secs(2));
     let read_now = metric("logveil_agent_lines_read_total").unwrap();
-    assert_eq!(read_then, read_now, "reading must pause while the buffer is full");
-    assert!(read_now < total as f64, "all lines were read despite a full buffer");
+    assert_eq!(
+        read_then, read_now,
+        "reading must pause while the buffer is full"
+    );
+    assert!(
+        read_now < total as f64,
+        "all lines were read despite a full buffer"
+    );
     let buffered = metric("logveil_agent_buffer_bytes").unwrap();
-    assert!(buffered <= 40000.0, "buffer holds {buffered} bytes, above max_bytes");
+    assert!(
+        buffered <= 40000.0,
+        "buffer holds {buffered} bytes, above max_bytes"
+    );
     assert!(agent.is_running());
     let _store = w.start_receiver();
     let records = w.wait_records(total, LONG);
@@ -117,7 +129,11 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out.split_once("\r\n\r\n")?.1.to_string())
@@ -134,8 +150,15 @@ fn sigterm_seals_and_exits_zero_and_a_partial_line_ships_whole_later() {
     w.wait_records(1000, LONG);
     agent.signal(Signal::SIGTERM);
     let status = agent.wait_exit(Duration::from_secs(15));
-    assert!(status.success(), "agent exit status after SIGTERM: {status:?}");
-    assert_eq!(w.records().len(), 1000, "the partial line must not ship at shutdown");
+    assert!(
+        status.success(),
+        "agent exit status after SIGTERM: {status:?}"
+    );
+    assert_eq!(
+        w.records().len(),
+        1000,
+        "the partial line must not ship at shutdown"
+    );
     // The writer finishes the line while the agent is down; it ships whole once.
     append(&file, "ten\n");
     let _agent = w.start_agent();

@@ -23,7 +23,8 @@ fn crlf_invalid_utf8_nul_and_empty_files_are_shipped_faithfully() {
     let _store = w.start_receiver();
     let _agent = w.start_agent();
     std::fs::write(w.logs().join("empty.log"), b"").unwrap();
-    let raw: &[u8] = b"dos line one\r\ndos line two\r\nbad \xff\xfe bytes \\x41 here\nnul\0inside\n\n";
+    let raw: &[u8] =
+        b"dos line one\r\ndos line two\r\nbad \xff\xfe bytes \\x41 here\nnul\0inside\n\n";
     std::fs::write(w.logs().join("mixed.log"), raw).unwrap();
     let records = w.wait_records(5, LONG);
     let got: Vec<(u64, Vec<u8>)> = records
@@ -41,7 +42,9 @@ fn crlf_invalid_utf8_nul_and_empty_files_are_shipped_faithfully() {
         ]
     );
     assert_eq!(records[2]["body_encoding"], "escaped");
-    assert!(records.iter().all(|r| r["path"] != w.logs().join("empty.log").to_str().unwrap()));
+    assert!(records
+        .iter()
+        .all(|r| r["path"] != w.logs().join("empty.log").to_str().unwrap()));
 }
 
 #[test]
@@ -58,8 +61,13 @@ fn a_line_longer_than_max_line_bytes_is_split_into_counted_parts() {
         records = w.records();
         records.last().is_some_and(|r| r["body"] == "after")
     });
-    let parts: Vec<&serde_json::Value> = records.iter().filter(|r| r.get("part").is_some()).collect();
-    assert!(parts.len() >= 3, "expected several parts, got {}", parts.len());
+    let parts: Vec<&serde_json::Value> =
+        records.iter().filter(|r| r.get("part").is_some()).collect();
+    assert!(
+        parts.len() >= 3,
+        "expected several parts, got {}",
+        parts.len()
+    );
     let mut joined = String::new();
     for (i, p) in parts.iter().enumerate() {
         assert_eq!(p["part"], i as u64);
@@ -73,7 +81,8 @@ fn a_line_longer_than_max_line_bytes_is_split_into_counted_parts() {
 
 #[test]
 fn real_world_logs_arrive_line_for_line_at_their_offsets() {
-    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/realworld");
+    let corpus =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/realworld");
     let mut w = World::new();
     let mut files = Vec::new();
     for entry in std::fs::read_dir(&corpus).expect("shared corpus present") {
@@ -89,7 +98,13 @@ fn real_world_logs_arrive_line_for_line_at_their_offsets() {
     let _agent = w.start_agent();
     let expected: usize = files
         .iter()
-        .map(|f| std::fs::read(f).unwrap().iter().filter(|&&b| b == b'\n').count())
+        .map(|f| {
+            std::fs::read(f)
+                .unwrap()
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+        })
         .sum();
     let records = w.wait_records(expected, LONG);
     let mut redacted = 0;
@@ -105,15 +120,24 @@ fn real_world_logs_arrive_line_for_line_at_their_offsets() {
             }
             let text = &line[..line.len() - 1];
             let text = text.strip_suffix(b"\r").unwrap_or(text);
-            let r = mine.get(i).unwrap_or_else(|| panic!("{path}: line {i} missing"));
-            assert_eq!(r["offset"].as_u64().unwrap(), offset, "{path}: line {i} offset");
+            let r = mine
+                .get(i)
+                .unwrap_or_else(|| panic!("{path}: line {i} missing"));
+            assert_eq!(
+                r["offset"].as_u64().unwrap(),
+                offset,
+                "{path}: line {i} offset"
+            );
             let body = body_bytes(r);
             if body.windows(10).any(|w| w == b"[REDACTED:") {
                 redacted += 1;
                 // Outside the markers, the text is the file's.
                 let body = String::from_utf8_lossy(&body).into_owned();
                 let first = body.split("[REDACTED:").next().unwrap();
-                assert!(String::from_utf8_lossy(text).starts_with(first), "{path}: line {i} prefix");
+                assert!(
+                    String::from_utf8_lossy(text).starts_with(first),
+                    "{path}: line {i} prefix"
+                );
             } else {
                 assert_eq!(body, text, "{path}: line {i} differs");
             }
@@ -122,5 +146,8 @@ fn real_world_logs_arrive_line_for_line_at_their_offsets() {
         }
         assert_eq!(mine.len(), i, "{path}: extra records");
     }
-    assert!(redacted > 0, "the corpus holds IP addresses, so some lines are redacted");
+    assert!(
+        redacted > 0,
+        "the corpus holds IP addresses, so some lines are redacted"
+    );
 }

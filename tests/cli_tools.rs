@@ -17,7 +17,10 @@ fn keygen_writes_a_private_key_and_a_public_key() {
         .unwrap();
     assert!(out.status.success());
     let key = dir.path().join("k/agent.key");
-    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let public = std::fs::read_to_string(dir.path().join("k/agent.pub")).unwrap();
     assert!(public.starts_with("logveil-ed25519 "));
     // A second run must not overwrite the key.
@@ -62,8 +65,16 @@ batch_max_wait = "1s"
 fn validate_accepts_the_example_configs() {
     for f in ["config.example.toml", "collector.example.toml"] {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
-        let out = Command::new(bin()).args(["validate", "--config"]).arg(&p).output().unwrap();
-        assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(bin())
+            .args(["validate", "--config"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert_eq!(validate(GOOD_AGENT).0, 0);
 }
@@ -78,18 +89,27 @@ fn validate_names_file_line_and_key_of_each_error() {
     // A bad duration.
     let (code, err) = validate(&GOOD_AGENT.replace("\"1s\"", "\"soon\""));
     assert_eq!(code, 64);
-    assert!(err.contains("FILE:12") && err.contains("batch_max_wait"), "{err}");
+    assert!(
+        err.contains("FILE:12") && err.contains("batch_max_wait"),
+        "{err}"
+    );
     // A semantic error found after parsing.
     let (code, err) = validate(&GOOD_AGENT.replace("[\"/var/log", "[\"var/log"));
     assert_eq!(code, 64);
-    assert!(err.contains("FILE:8") && err.contains("sources.0.include"), "{err}");
+    assert!(
+        err.contains("FILE:8") && err.contains("sources.0.include"),
+        "{err}"
+    );
     let (code, err) = validate(&GOOD_AGENT.replace("http://", "ftp://"));
     assert_eq!(code, 64);
     assert!(err.contains("FILE:11") && err.contains("sink.url"), "{err}");
     // A wrong type.
     let (code, err) = validate(&format!("{GOOD_AGENT}[buffer]\nmax_bytes = \"lots\"\n"));
     assert_eq!(code, 64);
-    assert!(err.contains("FILE:14") && err.contains("max_bytes"), "{err}");
+    assert!(
+        err.contains("FILE:14") && err.contains("max_bytes"),
+        "{err}"
+    );
     // The central store's config too.
     let (code, err) = validate("[receiver]\nlisten = \"127.0.0.1:1\"\narchive_dir = \"/a\"\ntrusted_keys_dir = \"/k\"\nmax_body = 5\n");
     assert_eq!(code, 64);
@@ -119,7 +139,11 @@ fn verify_passes_a_real_archive_and_fails_on_any_tampering() {
         .filter(|p| p.extension().is_some_and(|e| e == "lvb"))
         .collect();
     batches.sort();
-    assert!(batches.len() >= 4, "need several batches, got {}", batches.len());
+    assert!(
+        batches.len() >= 4,
+        "need several batches, got {}",
+        batches.len()
+    );
 
     // Any single changed byte, at a few positions of a few files.
     for (i, victim) in batches.iter().enumerate().take(3) {
@@ -132,7 +156,10 @@ fn verify_passes_a_real_archive_and_fails_on_any_tampering() {
             std::fs::set_permissions(victim, perms).unwrap();
             std::fs::write(victim, &bad).unwrap();
             let (ok, report) = w.verify();
-            assert!(!ok, "file {i}, byte {pos} changed but verify passed: {report}");
+            assert!(
+                !ok,
+                "file {i}, byte {pos} changed but verify passed: {report}"
+            );
             std::fs::write(victim, &orig).unwrap();
         }
     }

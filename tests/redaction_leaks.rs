@@ -48,7 +48,10 @@ fn default_type_values(entries: &[serde_json::Value]) -> Vec<(String, String)> {
             }
         }
     }
-    assert!(out.len() > 4000, "expected thousands of default-type values");
+    assert!(
+        out.len() > 4000,
+        "expected thousands of default-type values"
+    );
     out
 }
 
@@ -111,10 +114,18 @@ fn redact_cli_keeps_lines_and_scores_on_the_corpus() {
     let raw = raw_corpus("dev.jsonl");
     let redacted = redact_cli(&raw);
     let count = |b: &[u8]| b.iter().filter(|&&c| c == b'\n').count();
-    assert_eq!(count(&raw), count(&redacted), "one output line per input line");
+    assert_eq!(
+        count(&raw),
+        count(&redacted),
+        "one output line per input line"
+    );
     let s = score("dev.jsonl", &redacted);
     let per_type = &s["types"];
-    let recall = |t: &str| per_type[t]["recall"].as_f64().unwrap_or_else(|| panic!("no recall for {t}: {s}"));
+    let recall = |t: &str| {
+        per_type[t]["recall"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no recall for {t}: {s}"))
+    };
     // Figures for the default detectors (BENCHMARKS.md): IPv4 is complete; e-mail and card
     // miss only encoded forms; SSN and phone miss undashed and national forms, which the
     // full engine (its own issue) covers.
@@ -125,7 +136,9 @@ fn redact_cli_keeps_lines_and_scores_on_the_corpus() {
 
     let clean_raw = raw_corpus("clean-dev.jsonl");
     let clean = score("clean-dev.jsonl", &redact_cli(&clean_raw));
-    let fp = clean["clean"]["fp_lines"].as_u64().unwrap_or_else(|| panic!("{clean}"));
+    let fp = clean["clean"]["fp_lines"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{clean}"));
     assert!(fp <= 20, "{fp} clean lines changed");
 }
 
@@ -141,13 +154,19 @@ fn no_default_type_pii_in_buffer_archive_or_agent_logs() {
     );
     let file = w.logs().join("pii.log");
     std::fs::write(&file, raw_corpus("dev.jsonl")).unwrap();
-    let lines = std::fs::read(&file).unwrap().iter().filter(|&&b| b == b'\n').count();
+    let lines = std::fs::read(&file)
+        .unwrap()
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count();
 
     // Store down: everything stays in the buffer. Stop the agent and look inside sled.
     let mut agent = w.start_agent();
-    wait_until(Duration::from_secs(120), "all lines sealed into the buffer", || {
-        buffered_records(&w) == Some(lines)
-    });
+    wait_until(
+        Duration::from_secs(120),
+        "all lines sealed into the buffer",
+        || buffered_records(&w) == Some(lines),
+    );
     agent.signal(nix::sys::signal::Signal::SIGTERM);
     agent.wait_exit(Duration::from_secs(30));
     let buffer = logveil::buffer::Buffer::open(&w.path("data/buffer"), 1 << 20, 1 << 40).unwrap();
@@ -169,7 +188,11 @@ fn no_default_type_pii_in_buffer_archive_or_agent_logs() {
             sled_files.extend(std::fs::read(e.path()).unwrap());
         }
     }
-    assert_no_value_in(&String::from_utf8_lossy(&sled_files), &values, "sled's files");
+    assert_no_value_in(
+        &String::from_utf8_lossy(&sled_files),
+        &values,
+        "sled's files",
+    );
 
     // Ship a fresh copy through the store and check the archive.
     std::fs::remove_dir_all(w.path("data")).unwrap();
@@ -186,7 +209,11 @@ fn no_default_type_pii_in_buffer_archive_or_agent_logs() {
             raw_archive.extend(std::fs::read(e.path()).unwrap());
         }
     }
-    assert_no_value_in(&String::from_utf8_lossy(&raw_archive), &values, "archive files");
+    assert_no_value_in(
+        &String::from_utf8_lossy(&raw_archive),
+        &values,
+        "archive files",
+    );
     let logs = w.agent_logs();
     assert!(logs.contains("DEBUG"), "the agent ran at debug level");
     assert_no_value_in(&logs, &values, "the agent's debug logs");

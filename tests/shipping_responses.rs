@@ -12,7 +12,9 @@ use std::time::Duration;
 const LONG: Duration = Duration::from_secs(120);
 
 fn lines(path: &std::path::Path, tag: &str, from: usize, to: usize) {
-    let text: String = (from..to).map(|i| format!("{tag} {i:05} shipping test line\n")).collect();
+    let text: String = (from..to)
+        .map(|i| format!("{tag} {i:05} shipping test line\n"))
+        .collect();
     append(path, &text);
 }
 
@@ -58,26 +60,46 @@ fn refused_batches_are_dead_lettered_tombstoned_and_replayable() {
     let _store = w.start_receiver();
     lines(&file, "d", 400, 500);
     wait_until(LONG, "lines written after the refusals arrive", || {
-        w.records().iter().any(|r| r["body"] == "d 00499 shipping test line")
+        w.records()
+            .iter()
+            .any(|r| r["body"] == "d 00499 shipping test line")
     });
     let (ok, report) = w.verify();
     assert!(ok, "tombstones keep the chain verifiable: {report}");
-    assert!(report.contains("tombstones: ") && !report.contains("tombstones: 0"), "{report}");
+    assert!(
+        report.contains("tombstones: ") && !report.contains("tombstones: 0"),
+        "{report}"
+    );
 
     agent.signal(Signal::SIGTERM);
     assert!(agent.wait_exit(Duration::from_secs(20)).success());
     let cfg = w.path("agent.toml");
-    let list = Command::new(bin()).args(["dead-letter", "list", "--config"]).arg(&cfg).output().unwrap();
+    let list = Command::new(bin())
+        .args(["dead-letter", "list", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(list.status.success());
     let listed = String::from_utf8_lossy(&list.stdout);
     assert!(listed.lines().count() >= 2, "{listed}");
     assert!(listed.contains("413"), "{listed}");
-    let replay = Command::new(bin()).args(["dead-letter", "replay", "--config"]).arg(&cfg).output().unwrap();
-    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    let replay = Command::new(bin())
+        .args(["dead-letter", "replay", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
     let _agent = w.start_agent();
     let records = w.wait_records(500, LONG);
     // Every line arrived exactly once; the replayed ones later than their neighbours.
-    let mut bodies: Vec<&str> = records.iter().map(|r| r["body"].as_str().unwrap()).collect();
+    let mut bodies: Vec<&str> = records
+        .iter()
+        .map(|r| r["body"].as_str().unwrap())
+        .collect();
     bodies.sort();
     bodies.dedup();
     assert_eq!(bodies.len(), 500);
@@ -122,5 +144,9 @@ fn the_agent_refuses_to_start_with_batches_above_the_store_limits() {
     let mut agent = w.start_agent(); // batch_max_bytes defaults to 1 MiB
     let status = agent.wait_exit(Duration::from_secs(30));
     assert!(!status.success());
-    assert!(agent.log_text().contains("batch_max_bytes"), "{}", agent.log_text());
+    assert!(
+        agent.log_text().contains("batch_max_bytes"),
+        "{}",
+        agent.log_text()
+    );
 }

@@ -4,9 +4,7 @@
 mod common;
 
 use common::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use std::time::Duration;
 
 struct Pki {
@@ -19,15 +17,16 @@ impl Pki {
         let ca_key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, "logveil test CA");
+        p.distinguished_name
+            .push(DnType::CommonName, "logveil test CA");
         let ca = p.self_signed(&ca_key).unwrap();
         Pki { ca, ca_key }
     }
 
     fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
         let key = KeyPair::generate().unwrap();
-        let mut p =
-            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
         p.distinguished_name.push(DnType::CommonName, names[0]);
         p.extended_key_usages = vec![usage];
         let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
@@ -87,7 +86,9 @@ fn agent_ships_over_mutual_tls_to_a_private_ca() {
 
 fn start_agent_with_url(w: &mut World, url: &str) -> Proc {
     let cfg = w.write_agent_config();
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(&w.url(), url);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&w.url(), url);
     std::fs::write(&cfg, text).unwrap();
     let log = w.path(&format!("out/tls-agent-{}.log", rand::random::<u32>()));
     let child = std::process::Command::new(bin())

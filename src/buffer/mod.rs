@@ -51,6 +51,15 @@ pub struct Stored {
     pub envelope: sled::IVec,
 }
 
+/// A batch the central store refused for good, kept for inspection and replay.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub stream: String,
+    pub seq: u64,
+    pub reason: String,
+    pub envelope: Vec<u8>,
+}
+
 pub struct Buffer {
     db: sled::Db,
     batches: sled::Tree,
@@ -304,7 +313,13 @@ impl Buffer {
 
     /// Moves a refused batch to the dead-letter tree and puts its tombstone in its place,
     /// in one transaction, then flushes.
-    pub fn dead_letter(&self, stream: &str, seq: u64, reason: &str, tombstone: &[u8]) -> Result<()> {
+    pub fn dead_letter(
+        &self,
+        stream: &str,
+        seq: u64,
+        reason: &str,
+        tombstone: &[u8],
+    ) -> Result<()> {
         let key = batch_key(stream, seq);
         let reason_bytes = reason.as_bytes();
         (&self.batches, &self.dead)
@@ -340,8 +355,8 @@ impl Buffer {
         Ok(())
     }
 
-    /// Dead-lettered batches: (stream, seq, reason, envelope).
-    pub fn dead_letters(&self) -> Result<Vec<(String, u64, String, Vec<u8>)>> {
+    /// Dead-lettered batches, oldest first.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
         let mut out = Vec::new();
         for item in self.dead.iter() {
             let (k, v) = item?;
@@ -351,7 +366,12 @@ impl Buffer {
             }
             let n = u16::from_be_bytes([v[0], v[1]]) as usize;
             let reason = String::from_utf8_lossy(v.get(2..2 + n).unwrap_or_default()).into_owned();
-            out.push((stream, seq, reason, v.get(2 + n..).unwrap_or_default().to_vec()));
+            out.push(DeadLetter {
+                stream,
+                seq,
+                reason,
+                envelope: v.get(2 + n..).unwrap_or_default().to_vec(),
+            });
         }
         Ok(out)
     }
@@ -371,7 +391,9 @@ impl Buffer {
             .duration_since(std::time::UNIX_EPOCH)
             .ok()?
             .as_nanos() as i64;
-        Some(Duration::from_nanos(now_ns.saturating_sub(first).max(0) as u64))
+        Some(Duration::from_nanos(
+            now_ns.saturating_sub(first).max(0) as u64
+        ))
     }
 
     pub fn flush(&self) -> Result<()> {
@@ -403,8 +425,10 @@ mod tests {
         {
             let b = Buffer::open(dir.path(), 1 << 20, 1 << 20).unwrap();
             chain_id = b.chain_id();
-            b.seal("default", 1, [1; 32], b"env-1", &[cp(5, 100)]).unwrap();
-            b.seal("default", 2, [2; 32], b"env-2", &[cp(5, 200), cp(6, 7)]).unwrap();
+            b.seal("default", 1, [1; 32], b"env-1", &[cp(5, 100)])
+                .unwrap();
+            b.seal("default", 2, [2; 32], b"env-2", &[cp(5, 200), cp(6, 7)])
+                .unwrap();
             assert!(b.seal("default", 5, [2; 32], b"env-5", &[]).is_err());
         }
         let b = Buffer::open(dir.path(), 1 << 20, 1 << 20).unwrap();
@@ -418,7 +442,10 @@ mod tests {
         );
         let mut cps = b.checkpoints().unwrap();
         cps.sort_by_key(|c| c.id.ino);
-        assert_eq!(cps.iter().map(|c| c.offset).collect::<Vec<_>>(), vec![200, 7]);
+        assert_eq!(
+            cps.iter().map(|c| c.offset).collect::<Vec<_>>(),
+            vec![200, 7]
+        );
         assert_eq!(b.usage().batches, 2);
         let oldest = b.oldest().unwrap().unwrap();
         assert_eq!((oldest.seq, &oldest.envelope[..]), (1, &b"env-1"[..]));
@@ -432,7 +459,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let b = std::sync::Arc::new(Buffer::open(dir.path(), 1 << 20, 10).unwrap());
         b.seal("default", 1, [1; 32], b"0123456789", &[]).unwrap();
-        assert!(!b.wait_for_space(5, &|| true), "full buffer must not admit more");
+        assert!(
+            !b.wait_for_space(5, &|| true),
+            "full buffer must not admit more"
+        );
         let b2 = b.clone();
         let waiter = std::thread::spawn(move || b2.wait_for_space(5, &|| false));
         b.ack("default", 1).unwrap();
@@ -444,11 +474,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let b = Buffer::open(dir.path(), 1 << 20, 1 << 20).unwrap();
         b.seal("default", 1, [1; 32], b"refused", &[]).unwrap();
-        b.dead_letter("default", 1, "413 body_too_large", b"tomb").unwrap();
+        b.dead_letter("default", 1, "413 body_too_large", b"tomb")
+            .unwrap();
         assert_eq!(&b.get("default", 1).unwrap().unwrap()[..], b"tomb");
         let dl = b.dead_letters().unwrap();
         assert_eq!(dl.len(), 1);
-        assert_eq!(dl[0].2, "413 body_too_large");
-        assert_eq!(dl[0].3, b"refused");
+        assert_eq!(dl[0].reason, "413 body_too_large");
+        assert_eq!(dl[0].envelope, b"refused");
     }
 }

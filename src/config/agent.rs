@@ -56,7 +56,10 @@ pub struct SourceConfig {
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: usize,
     /// A final line without a newline is shipped once its file has been idle this long.
-    #[serde(default = "default_partial_line_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_partial_line_timeout",
+        deserialize_with = "duration"
+    )]
     pub partial_line_timeout: Duration,
     /// How often files are looked for and checked when no change notification arrives.
     #[serde(default = "default_poll_interval", deserialize_with = "duration")]
@@ -246,10 +249,9 @@ impl AgentConfig {
             for (field, globs) in [("include", &s.include), ("exclude", &s.exclude)] {
                 for g in globs {
                     if !g.starts_with('/') {
-                        return Err(src.error(
-                            &key(field),
-                            format!("glob `{g}` must be an absolute path"),
-                        ));
+                        return Err(
+                            src.error(&key(field), format!("glob `{g}` must be an absolute path"))
+                        );
                     }
                     if let Err(e) = globset::Glob::new(g) {
                         return Err(src.error(&key(field), format!("bad glob `{g}`: {e}")));

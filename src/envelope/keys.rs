@@ -121,7 +121,10 @@ mod tests {
         let (secret, public) = write_pair(dir.path(), &key).unwrap();
         let mode = std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert_eq!(load_signing_key(&secret).unwrap().to_bytes(), key.to_bytes());
+        assert_eq!(
+            load_signing_key(&secret).unwrap().to_bytes(),
+            key.to_bytes()
+        );
         assert_eq!(load_verifying_key(&public).unwrap(), key.verifying_key());
         assert!(write_pair(dir.path(), &key).is_err(), "must not overwrite");
     }

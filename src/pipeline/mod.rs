@@ -110,13 +110,14 @@ impl Pipeline {
     /// Runs until the source side hangs up (then seals what it has) or `hard_stop` is
     /// cancelled while waiting for buffer space (then the open batch is dropped unsealed:
     /// its lines are read again after restart, since their checkpoints did not advance).
-    pub fn run(mut self, rx: Receiver<Chunk>, hard_stop: CancellationToken) -> Result<(), PipelineError> {
+    pub fn run(
+        mut self,
+        rx: Receiver<Chunk>,
+        hard_stop: CancellationToken,
+    ) -> Result<(), PipelineError> {
         loop {
             let wait = match self.opened {
-                Some(t) => self
-                    .settings
-                    .batch_max_wait
-                    .saturating_sub(t.elapsed()),
+                Some(t) => self.settings.batch_max_wait.saturating_sub(t.elapsed()),
                 None => Duration::from_millis(500),
             };
             match rx.recv_timeout(wait) {
@@ -142,7 +143,11 @@ impl Pipeline {
     }
 
     /// Returns false when a hard stop interrupted sealing.
-    fn add_chunk(&mut self, chunk: Chunk, hard_stop: &CancellationToken) -> Result<bool, PipelineError> {
+    fn add_chunk(
+        &mut self,
+        chunk: Chunk,
+        hard_stop: &CancellationToken,
+    ) -> Result<bool, PipelineError> {
         let info = &self.settings.sources[chunk.source];
         // The part of every record that is the same for the whole chunk.
         let mut prefix = Vec::with_capacity(128);
@@ -278,9 +283,10 @@ impl Pipeline {
                 "buffer full: reading paused until the central store acknowledges batches"
             );
         }
-        if !self.buffer.wait_for_space(bytes.len() as u64, &|| {
-            hard_stop.is_cancelled()
-        }) {
+        if !self
+            .buffer
+            .wait_for_space(bytes.len() as u64, &|| hard_stop.is_cancelled())
+        {
             return Ok(false);
         }
         let cps: Vec<Checkpoint> = self.checkpoints.drain().map(|(_, c)| c).collect();

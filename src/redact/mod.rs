@@ -208,10 +208,7 @@ mod tests {
             r("mail jane.doe+x@example.co.uk now"),
             "mail [REDACTED:email] now"
         );
-        assert_eq!(
-            r("card 4111 1111 1111 1111 ok"),
-            "card [REDACTED:card] ok"
-        );
+        assert_eq!(r("card 4111 1111 1111 1111 ok"), "card [REDACTED:card] ok");
         assert_eq!(r("card 4111-1111-1111-1111"), "card [REDACTED:card]");
         assert_eq!(r("tel +14155550123."), "tel [REDACTED:phone].");
         assert_eq!(r("from 10.61.43.43:22"), "from [REDACTED:ipv4]:22");

@@ -69,11 +69,16 @@ pub fn card(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
         if digits.len() < 13 {
             return None;
         }
-        let seps: Vec<u8> = cand.iter().copied().filter(|b| !b.is_ascii_digit()).collect();
+        let seps: Vec<u8> = cand
+            .iter()
+            .copied()
+            .filter(|b| !b.is_ascii_digit())
+            .collect();
         let consistent = seps.windows(2).all(|w| w[0] == w[1]);
-        let tail_ok = !byte_at(text, end).is_some_and(|b| is_word(b))
-            && !(byte_at(text, end) == Some(b'.')
-                && byte_at(text, end + 1).is_some_and(|b| b.is_ascii_digit()));
+        let glued = byte_at(text, end).is_some_and(is_word);
+        let decimal = byte_at(text, end) == Some(b'.')
+            && byte_at(text, end + 1).is_some_and(|b| b.is_ascii_digit());
+        let tail_ok = !glued && !decimal;
         if digits.len() <= 19 && consistent && tail_ok && luhn(&digits) {
             return Some((start, end));
         }
@@ -92,7 +97,7 @@ pub fn ssn(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
     {
         return None;
     }
-    let b = text[start..end].as_bytes();
+    let b = &text.as_bytes()[start..end];
     if b[3] != b[6] {
         return None;
     }

@@ -76,9 +76,8 @@ pub fn build(sink: &SinkConfig) -> anyhow::Result<(reqwest::Client, reqwest::Url
     if url.scheme() == "https" {
         builder = builder.use_preconfigured_tls(tls_config(sink.tls.as_ref())?);
         if let Some(name) = sink.tls.as_ref().and_then(|t| t.server_name.clone()) {
-            let addrs: Vec<std::net::SocketAddr> = url
-                .socket_addrs(|| None)
-                .context("resolving sink.url")?;
+            let addrs: Vec<std::net::SocketAddr> =
+                url.socket_addrs(|| None).context("resolving sink.url")?;
             url.set_host(Some(&name))
                 .context("sink.tls.server_name is not a valid host name")?;
             builder = builder.resolve_to_addrs(&name, &addrs);
@@ -88,9 +87,16 @@ pub fn build(sink: &SinkConfig) -> anyhow::Result<(reqwest::Client, reqwest::Url
 }
 
 /// `GET /v1/limits` next to the batches URL.
-pub async fn fetch_limits(client: &reqwest::Client, batches_url: &reqwest::Url) -> anyhow::Result<Limits> {
+pub async fn fetch_limits(
+    client: &reqwest::Client,
+    batches_url: &reqwest::Url,
+) -> anyhow::Result<Limits> {
     let url = batches_url.join("limits").context("limits URL")?;
-    let resp = client.get(url.clone()).send().await.map_err(|e| anyhow::anyhow!(describe(&e)))?;
+    let resp = client
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!(describe(&e)))?;
     if !resp.status().is_success() {
         bail!("{url} answered HTTP {}", resp.status().as_u16());
     }

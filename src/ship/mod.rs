@@ -64,7 +64,11 @@ impl Shipper {
 
     /// Ships until `hard_stop` is cancelled, or until `drained` is cancelled and the buffer
     /// is empty.
-    pub async fn run(self, drained: CancellationToken, hard_stop: CancellationToken) -> Result<(), ShipError> {
+    pub async fn run(
+        self,
+        drained: CancellationToken,
+        hard_stop: CancellationToken,
+    ) -> Result<(), ShipError> {
         let mut attempt: u32 = 0;
         loop {
             self.update_gauges();
@@ -178,11 +182,7 @@ impl Shipper {
 
     fn dead_letter(&self, stored: &Stored, outcome: &Attempt) -> Result<(), ShipError> {
         let refused = Envelope::decode(&stored.envelope)?;
-        let reason = format!(
-            "HTTP {}: {}",
-            outcome.status.unwrap_or(0),
-            outcome.detail
-        );
+        let reason = format!("HTTP {}: {}", outcome.status.unwrap_or(0), outcome.detail);
         let tombstone = tombstone_for(&refused, &reason, &self.key);
         self.buffer
             .dead_letter(&stored.stream, stored.seq, &reason, &tombstone)?;

@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 pub mod server;
 
-
 type Labels = Vec<(String, String)>;
 
 /// Everything the agent counts.

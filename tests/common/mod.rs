@@ -130,7 +130,11 @@ impl World {
     }
 
     pub fn enroll(&self) {
-        std::fs::copy(self.path("keys/agent.pub"), self.path("trusted/test-host.pub")).unwrap();
+        std::fs::copy(
+            self.path("keys/agent.pub"),
+            self.path("trusted/test-host.pub"),
+        )
+        .unwrap();
     }
 
     pub fn url(&self) -> String {
@@ -222,7 +226,10 @@ impl World {
     pub fn agent_logs(&self) -> String {
         let mut s = String::new();
         for i in 1..=self.starts {
-            s.push_str(&std::fs::read_to_string(self.path(&format!("out/agent-{i}.log"))).unwrap_or_default());
+            s.push_str(
+                &std::fs::read_to_string(self.path(&format!("out/agent-{i}.log")))
+                    .unwrap_or_default(),
+            );
         }
         s
     }
@@ -234,7 +241,11 @@ impl World {
             .arg(self.path("archive"))
             .output()
             .unwrap();
-        assert!(out.status.success(), "archive cat failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "archive cat failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.stdout
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
@@ -265,7 +276,11 @@ impl World {
         let mut last = Vec::new();
         wait_until(limit, &format!("{n} records in the archive"), || {
             last = self.records();
-            assert!(last.len() <= n, "archive holds {} records, more than the {n} written", last.len());
+            assert!(
+                last.len() <= n,
+                "archive holds {} records, more than the {n} written",
+                last.len()
+            );
             last.len() == n
         });
         last
@@ -304,9 +319,18 @@ pub fn assert_file_shipped_exactly_once(records: &[serde_json::Value], file: &Pa
     let got: Vec<(u64, String)> = records
         .iter()
         .filter(|r| r["path"] == path)
-        .map(|r| (r["offset"].as_u64().unwrap(), r["body"].as_str().unwrap().to_string()))
+        .map(|r| {
+            (
+                r["offset"].as_u64().unwrap(),
+                r["body"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
-    assert_eq!(got.len(), expected.len(), "{path}: record count differs from line count");
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "{path}: record count differs from line count"
+    );
     for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
         assert_eq!(g, e, "{path}: line {i} differs (offset, body)");
     }
