@@ -1,4 +1,379 @@
-//! Placeholder.
-pub fn cat(_dir: &std::path::Path, _out: &mut dyn std::io::Write) -> anyhow::Result<u64> {
-    anyhow::bail!("not yet")
+//! The archive on disk: its layout, and reading it back (`logveil archive cat`).
+//!
+//! The central store (`crate::receive`) writes the archive; this module owns its layout and
+//! is the one place that walks it, for `cat`, for `crate::verify` and for the receiver's
+//! startup scan. It never writes.
+//!
+//! ```text
+//! <archive_dir>/<host_id>/<stream>/<chain_id hex>/<seq, 20 digits zero-padded>.lvb
+//! ```
+//! - `host_id` and `stream` are safe identifiers (`crate::envelope::is_safe_identifier`);
+//!   `chain_id hex` is 32 lowercase hex digits.
+//! - Each `.lvb` file holds the exact bytes of one envelope, as received; its name is the seq
+//!   of the envelope it holds, so names sort in chain order. Files are mode 0440, directories
+//!   0750, and a stored file is never rewritten.
+//! - Names starting with [`TEMP_PREFIX`] inside a chain directory are writes in progress (or
+//!   interrupted by a crash). They are not part of the archive; the receiver removes them at
+//!   startup.
+//! - Anything else is unexpected: [`list`] reports it rather than skipping it silently.
+//!
+//! Order: hosts, streams and chains by name (bytewise), batches by seq. Every walk of the
+//! same archive yields the same sequence.
+
+use crate::envelope::{is_safe_identifier, DecodeError, Envelope, Kind, PayloadError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// File extension of an archived envelope.
+pub const BATCH_EXT: &str = "lvb";
+/// Prefix of temporary files inside a chain directory (never a valid identifier or seq name).
+pub const TEMP_PREFIX: &str = ".tmp-";
+const SEQ_DIGITS: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: envelope does not decode: {source}")]
+    Decode { path: PathBuf, source: DecodeError },
+    #[error("{path}: {source}")]
+    Payload { path: PathBuf, source: PayloadError },
+    #[error("cannot write the records of {path}: {source}")]
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// `<seq>.lvb` with the seq zero-padded to 20 digits, so names sort like seqs.
+pub fn batch_file_name(seq: u64) -> String {
+    format!("{seq:0width$}.{BATCH_EXT}", width = SEQ_DIGITS)
+}
+
+/// The seq a batch file name stands for; `None` for any other name.
+pub fn parse_batch_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(BATCH_EXT)?.strip_suffix('.')?;
+    if digits.len() != SEQ_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The directory of one chain.
+pub fn chain_dir(root: &Path, host: &str, stream: &str, chain_id: &[u8; 16]) -> PathBuf {
+    root.join(host).join(stream).join(hex::encode(chain_id))
+}
+
+/// The file holding the batch `seq` of a chain.
+pub fn batch_path(root: &Path, host: &str, stream: &str, chain_id: &[u8; 16], seq: u64) -> PathBuf {
+    chain_dir(root, host, stream, chain_id).join(batch_file_name(seq))
+}
+
+fn parse_chain_dir_name(name: &str) -> Option<[u8; 16]> {
+    if name.len() != 32 || !name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    hex::decode(name).ok()?.try_into().ok()
+}
+
+/// One chain directory and what it holds, without reading any file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainListing {
+    pub host: String,
+    pub stream: String,
+    pub chain_id: [u8; 16],
+    pub dir: PathBuf,
+    /// `(seq from the file name, path)`, ascending by seq.
+    pub batches: Vec<(u64, PathBuf)>,
+    /// Temporary files of interrupted or in-progress writes.
+    pub temp_files: Vec<PathBuf>,
+}
+
+/// The whole archive, without reading any file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Ascending by (host, stream, chain id).
+    pub chains: Vec<ChainListing>,
+    /// Entries that are not part of the layout (stray files, bad names, symlinks).
+    pub unexpected: Vec<PathBuf>,
+}
+
+impl Listing {
+    /// Every batch in archive order, reading each file only when the iterator reaches it.
+    pub fn batches(&self) -> Batches<'_> {
+        Batches {
+            listing: self,
+            chain: 0,
+            batch: 0,
+        }
+    }
+}
+
+/// Lists the archive under `root`. Errors only when a directory cannot be read.
+pub fn list(root: &Path) -> Result<Listing, ArchiveError> {
+    let mut listing = Listing::default();
+    for (host, host_dir) in subdirs(root, &mut listing.unexpected, |n| {
+        is_safe_identifier(n).then_some(())
+    })? {
+        let host = host.0;
+        for (stream, stream_dir) in subdirs(&host_dir, &mut listing.unexpected, |n| {
+            is_safe_identifier(n).then_some(())
+        })? {
+            let stream = stream.0;
+            for ((_, chain_id), dir) in
+                subdirs(&stream_dir, &mut listing.unexpected, parse_chain_dir_name)?
+            {
+                let mut chain = ChainListing {
+                    host: host.clone(),
+                    stream: stream.clone(),
+                    chain_id,
+                    dir: dir.clone(),
+                    batches: Vec::new(),
+                    temp_files: Vec::new(),
+                };
+                for (name, path, is_file) in entries(&dir)? {
+                    match parse_batch_file_name(&name) {
+                        Some(seq) if is_file => chain.batches.push((seq, path)),
+                        _ if is_file && name.starts_with(TEMP_PREFIX) => {
+                            chain.temp_files.push(path)
+                        }
+                        _ => listing.unexpected.push(path),
+                    }
+                }
+                chain.batches.sort();
+                listing.chains.push(chain);
+            }
+        }
+    }
+    Ok(listing)
+}
+
+/// `(name, path, is a regular file)` of every entry of `dir`, sorted by name. Symlinks count
+/// as neither file nor directory.
+fn entries(dir: &Path) -> Result<Vec<(String, PathBuf, bool)>, ArchiveError> {
+    let read_err = |source| ArchiveError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_err)? {
+        let entry = entry.map_err(read_err)?;
+        let file_type = entry.file_type().map_err(read_err)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        out.push((name, entry.path(), file_type.is_file()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Subdirectories of `dir` whose names `parse` accepts, sorted by name; everything else is
+/// pushed to `unexpected`.
+#[allow(clippy::type_complexity)]
+fn subdirs<T>(
+    dir: &Path,
+    unexpected: &mut Vec<PathBuf>,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Vec<((String, T), PathBuf)>, ArchiveError> {
+    let mut out = Vec::new();
+    for (name, path, _) in entries(dir)? {
+        let is_dir = std::fs::symlink_metadata(&path)
+            .map(|m| m.is_dir())
+            .unwrap_or(false);
+        match parse(&name) {
+            Some(parsed) if is_dir => out.push(((name, parsed), path)),
+            _ => unexpected.push(path),
+        }
+    }
+    Ok(out)
+}
+
+/// One archived envelope file.
+#[derive(Debug, Clone)]
+pub struct StoredBatch<'a> {
+    pub chain: &'a ChainListing,
+    /// The seq the file name says.
+    pub seq: u64,
+    pub path: &'a Path,
+    pub bytes: Vec<u8>,
+}
+
+/// Iterator over every batch of a [`Listing`], in archive order.
+pub struct Batches<'a> {
+    listing: &'a Listing,
+    chain: usize,
+    batch: usize,
+}
+
+impl<'a> Iterator for Batches<'a> {
+    type Item = Result<StoredBatch<'a>, ArchiveError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let chain = self.listing.chains.get(self.chain)?;
+            let Some((seq, path)) = chain.batches.get(self.batch) else {
+                self.chain += 1;
+                self.batch = 0;
+                continue;
+            };
+            self.batch += 1;
+            return Some(
+                std::fs::read(path)
+                    .map(|bytes| StoredBatch {
+                        chain,
+                        seq: *seq,
+                        path,
+                        bytes,
+                    })
+                    .map_err(|source| ArchiveError::Read {
+                        path: path.clone(),
+                        source,
+                    }),
+            );
+        }
+    }
+}
+
+/// Writes every archived record (the decompressed payload lines) to `out`, one per line, in
+/// archive order; tombstones have none. Returns the number of records written. Checks no
+/// signature: that is `logveil verify`.
+pub fn cat(dir: &Path, out: &mut dyn Write) -> anyhow::Result<u64> {
+    let listing = list(dir)?;
+    let mut records = 0u64;
+    for batch in listing.batches() {
+        let batch = batch?;
+        records += cat_batch(&batch, out)?;
+    }
+    out.flush().map_err(|source| ArchiveError::Output {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(records)
+}
+
+fn cat_batch(batch: &StoredBatch<'_>, out: &mut dyn Write) -> Result<u64, ArchiveError> {
+    let path = batch.path.to_path_buf();
+    let env = Envelope::decode(&batch.bytes).map_err(|source| ArchiveError::Decode {
+        path: path.clone(),
+        source,
+    })?;
+    if env.header.kind == Kind::Tombstone {
+        return Ok(0);
+    }
+    // The header's own claim bounds the output, so a tampered payload cannot balloon.
+    let payload = env
+        .decompress(env.header.decompressed_len)
+        .map_err(|source| ArchiveError::Payload {
+            path: path.clone(),
+            source,
+        })?;
+    let mut records = 0;
+    for line in payload.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        out.write_all(line)
+            .and_then(|()| out.write_all(b"\n"))
+            .map_err(|source| ArchiveError::Output {
+                path: path.clone(),
+                source,
+            })?;
+        records += 1;
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::receive::test_support::{write_archive_file, Chain};
+
+    #[test]
+    fn batch_file_names_sort_like_seqs_and_parse_back() {
+        assert_eq!(batch_file_name(7), "00000000000000000007.lvb");
+        assert_eq!(parse_batch_file_name(&batch_file_name(7)), Some(7));
+        assert_eq!(
+            parse_batch_file_name(&batch_file_name(u64::MAX)),
+            Some(u64::MAX)
+        );
+        assert!(batch_file_name(9) < batch_file_name(10));
+        for bad in [
+            "7.lvb",
+            "0000000000000000000a.lvb",
+            "00000000000000000007.lvbx",
+            ".tmp-1",
+        ] {
+            assert_eq!(parse_batch_file_name(bad), None, "{bad}");
+        }
+        assert_eq!(parse_batch_file_name("99999999999999999999.lvb"), None);
+    }
+
+    #[test]
+    fn listing_is_ordered_and_reports_stray_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut b = Chain::new("web-2", "default", [2; 16]);
+        let mut a = Chain::new("web-1", "default", [1; 16]);
+        for chain in [&mut b, &mut a] {
+            for _ in 0..11 {
+                let env = chain.next_data(&["x"]);
+                write_archive_file(root, &env);
+            }
+        }
+        std::fs::write(root.join("README"), b"stray").unwrap();
+        std::fs::write(a.dir(root).join("notes.txt"), b"stray").unwrap();
+        std::fs::write(a.dir(root).join(".tmp-3-abc"), b"partial").unwrap();
+        std::fs::create_dir(root.join("web-1").join("default").join("not-hex")).unwrap();
+
+        let listing = list(root).unwrap();
+        let hosts: Vec<_> = listing.chains.iter().map(|c| c.host.as_str()).collect();
+        assert_eq!(hosts, ["web-1", "web-2"]);
+        let seqs: Vec<u64> = listing.chains[0].batches.iter().map(|b| b.0).collect();
+        assert_eq!(seqs, (1..=11).collect::<Vec<_>>());
+        assert_eq!(listing.chains[0].temp_files.len(), 1);
+        let mut stray: Vec<_> = listing
+            .unexpected
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        stray.sort();
+        assert_eq!(stray, ["README", "not-hex", "notes.txt"]);
+        let order: Vec<_> = listing
+            .batches()
+            .map(|b| {
+                let b = b.unwrap();
+                (b.chain.host.clone(), b.seq)
+            })
+            .collect();
+        assert_eq!(order.len(), 22);
+        assert!(order.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn cat_prints_records_in_order_and_skips_tombstones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut chain = Chain::new("web-1", "default", [1; 16]);
+        write_archive_file(dir.path(), &chain.next_data(&["a", "b"]));
+        write_archive_file(dir.path(), &chain.next_tombstone());
+        write_archive_file(dir.path(), &chain.next_data(&["c"]));
+        let mut out = Vec::new();
+        assert_eq!(cat(dir.path(), &mut out).unwrap(), 3);
+        let lines: Vec<serde_json::Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let msgs: Vec<_> = lines.iter().map(|v| v["msg"].as_str().unwrap()).collect();
+        assert_eq!(msgs, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn cat_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut chain = Chain::new("web-1", "default", [1; 16]);
+        let path = write_archive_file(dir.path(), &chain.next_data(&["a"]));
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"garbage").unwrap();
+        let err = cat(dir.path(), &mut Vec::new()).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+    }
 }

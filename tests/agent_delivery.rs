@@ -214,3 +214,29 @@ fn crash_points_between_seal_flush_ship_and_delete_lose_and_duplicate_nothing() 
         assert!(w.verify().0, "{point}: {}", w.verify().1);
     }
 }
+
+#[test]
+fn sigterm_with_the_store_down_exits_zero_within_the_drain_deadline_and_keeps_batches() {
+    let mut w = World::new();
+    // shutdown_timeout is 5s in the test config; the store is not running.
+    let mut agent = w.start_agent();
+    let file = w.logs().join("down.log");
+    write_lines(&file, "s", 0, 2000);
+    wait_until(LONG, "a batch sealed", || {
+        agent.log_text().contains("delivery failed, will retry")
+    });
+    let started = std::time::Instant::now();
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}, past the 5s drain deadline",
+        started.elapsed()
+    );
+    // The batches wait in the buffer and ship on the next start.
+    let _store = w.start_receiver();
+    let _agent = w.start_agent();
+    let records = w.wait_records(2000, LONG);
+    assert_file_shipped_exactly_once(&records, &file);
+}

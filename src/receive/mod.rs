@@ -1,7 +1,136 @@
-//! Placeholder until the central store lands.
-pub async fn run(
-    _cfg: crate::config::ReceiverConfig,
-    _shutdown: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+//! The central store (`logveil receive`): takes signed batches over HTTP(S) and keeps them
+//! in an append-only archive.
+//!
+//! What it promises:
+//! - **Durable before acknowledged.** A 2xx means the envelope's exact bytes are fsynced
+//!   into the archive (`store`); anything refused gets a 4xx with a reason code and leaves
+//!   no trace in the archive.
+//! - **Only enrolled, intact, in-order batches.** A batch is stored only if its host has a
+//!   key in `trusted_keys_dir/<host>.pub` (read per request: deleting the file revokes the
+//!   host at once), its key id, signature and payload hash hold, its payload has exactly
+//!   the records the header declares (`validate`), and it continues its chain (`chain`).
+//! - **Exactly once.** A batch already stored is acknowledged again as a duplicate and not
+//!   written twice, also when copies arrive concurrently (`ingest`).
+//! - **Bounded.** Request body size, decompressed size, connections and time per request
+//!   come from `[receiver]` (`server`, `http`).
+//!
+//! Modules, in the order a batch meets them: `server` (listener, TLS, connections) → `http`
+//! (routes, body limits, JSON answers) → `ingest` (orchestration, metrics, logs) →
+//! `validate` (stateless checks) → `chain` (sequence rules) → `store` (the archive backend).
+//! Startup: validate TLS files, recover chain state from the archive (removing temp files of
+//! interrupted writes), then bind. Nothing is bound when any of that fails.
+
+use crate::config::ReceiverConfig;
+use crate::telemetry::ReceiverMetrics;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub mod chain;
+pub mod http;
+pub mod ingest;
+pub mod server;
+pub mod store;
+pub mod tls;
+pub mod validate;
+
+#[cfg(test)]
+pub(crate) mod test_support;
+
+pub use ingest::{Accepted, Ingest};
+pub use store::{ArchiveBackend, ChainKey, FsArchive, StoreError};
+pub use validate::Rejection;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("archive {path}: {source}")]
+    Archive {
+        path: std::path::PathBuf,
+        source: StoreError,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("telemetry server on {addr}: {source}")]
+    Telemetry {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Prepares the store (TLS, archive recovery) and binds `cfg.receiver.listen`.
+pub async fn bind(
+    cfg: &ReceiverConfig,
+    metrics: ReceiverMetrics,
+) -> Result<server::Server<FsArchive>, ReceiveError> {
+    let r = &cfg.receiver;
+    let tls = match &r.tls {
+        Some(t) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(t)?)),
+        None => None,
+    };
+    let archive_err = |source| ReceiveError::Archive {
+        path: r.archive_dir.clone(),
+        source,
+    };
+    let archive = FsArchive::open(&r.archive_dir).map_err(archive_err)?;
+    let ingest = Ingest::new(
+        archive,
+        r.trusted_keys_dir.clone(),
+        r.max_decompressed_bytes,
+        metrics,
+    )
+    .await
+    .map_err(archive_err)?;
+    let listener = tokio::net::TcpListener::bind(r.listen)
+        .await
+        .map_err(|source| ReceiveError::Bind {
+            addr: r.listen,
+            source,
+        })?;
+    Ok(server::Server {
+        listener,
+        tls,
+        ingest: Arc::new(ingest),
+        limits: http::Limits {
+            max_body_bytes: r.max_body_bytes,
+            max_decompressed_bytes: r.max_decompressed_bytes,
+            request_timeout: r.request_timeout,
+        },
+        max_connections: r.max_connections,
+    })
+}
+
+/// Runs the central store until `shutdown` is cancelled, with the telemetry server when
+/// `[telemetry] listen` is set. If telemetry fails, the store stops too.
+pub async fn run(cfg: ReceiverConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let metrics = ReceiverMetrics::default();
+    let server = bind(&cfg, metrics.clone()).await?;
+    let addr = server.local_addr()?;
+    tracing::info!(
+        %addr,
+        tls = cfg.receiver.tls.is_some(),
+        mtls = cfg.receiver.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        archive = %cfg.receiver.archive_dir.display(),
+        "central store listening"
+    );
+    let stop = shutdown.child_token();
+    let telemetry = async {
+        let Some(addr) = cfg.telemetry.listen else {
+            return Ok(());
+        };
+        let registry = Arc::new(metrics.registry());
+        let result = crate::telemetry::serve(addr, registry, stop.clone()).await;
+        if result.is_err() {
+            stop.cancel();
+        }
+        result.map_err(|source| ReceiveError::Telemetry { addr, source })
+    };
+    let ((), telemetry) = tokio::join!(server.serve(stop.clone()), telemetry);
+    telemetry?;
+    tracing::info!("central store stopped");
+    Ok(())
 }

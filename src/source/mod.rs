@@ -1,9 +1,100 @@
 //! The file source: finds files by glob, tails them through rotation and truncation, frames
-//! lines, and hands them to the pipeline in [`Chunk`]s.
+//! lines, and hands them to the pipeline in [`Chunk`]s. It owns reading and framing; it does
+//! not decode, parse, redact or persist anything. Checkpoints are persisted by the pipeline,
+//! in the same transaction as the batch holding the lines before them.
 //!
-//! (Module spec to be completed by the tailer implementation.)
+//! # Threads and backpressure
+//! [`spawn`] starts one OS thread for all sources. Chunks go into a bounded channel; when it
+//! is full the thread waits (reading pauses) until the pipeline takes one, or until the stop
+//! token is cancelled. Cancelling stops reading promptly, also while waiting to send; the
+//! chunk that could not be sent is dropped, and with it its checkpoint, so nothing is lost.
+//!
+//! # Discovery
+//! Each source's `include` globs (absolute; `*` stays within a path component, `**`
+//! crosses them) minus its `exclude` globs, matched against the path a file is found under.
+//! Only each glob's static prefix directory (before the first component with a glob
+//! metacharacter) is walked, only as deep as the glob reaches, following symlinks. A file
+//! belongs to the first source, in config order, that matches it. Rescans happen on change
+//! notifications (inotify, one watcher for the thread, on the prefix directories; recursive
+//! when the glob spans several levels) and every `poll_interval` (the smallest among the
+//! sources) in any case; if a watch cannot be set, polling alone keeps working.
+//!
+//! # Identity
+//! A file is its (device, inode) ([`FileId`]), not its path: a file reached under two
+//! paths (a symlink and its target) is read once; a file renamed to a name that still
+//! matches is the same file and is never read again. The SHA-256 of its first
+//! [`HEAD_BYTES`] bytes (fewer while the file is shorter) tells apart two generations of
+//! contents under one inode.
+//!
+//! # Start position
+//! A file with a checkpoint for its identity resumes at the checkpoint's offset when its
+//! first `head_len` bytes still hash to `head_hash`. If the file is now shorter than the
+//! offset it was truncated while not read: it is read from 0, with a WARN and
+//! `truncations` counted. If the hash differs (the inode was reused) it is read from 0.
+//! Every other file, present at start or appearing later, is read from its beginning.
+//! Checkpoints of files closed after rotation are remembered for a day, so a file renamed
+//! back under a matched path resumes rather than being read twice.
+//!
+//! # Reading
+//! Open files are read round-robin, at most 256 KiB per file per pass, so a busy file
+//! cannot starve the others. Each pass over a file that produced lines (or moved its
+//! checkpoint) yields one [`Chunk`]: those lines and the file's checkpoint just past the
+//! last of them. A checkpoint is never ahead of the lines handed over before or with it.
+//! When no file had new bytes the thread sleeps until a change notification, the next
+//! poll, or a partial-line / rotation deadline.
+//!
+//! # Framing
+//! A line ends at `\n`; a `\r` right before the `\n` is not part of it; a lone `\r` is. A
+//! line's offset is the file offset of its first byte. A UTF-8 BOM at offset 0 is not part
+//! of the first line (whose offset is then 3). Bytes are passed on as they are: invalid
+//! UTF-8 and NUL bytes included.
+//!
+//! # Long lines
+//! A line longer than the source's `max_line_bytes` is emitted, as it is read, in parts of
+//! at most `max_line_bytes` bytes, each with its own offset and `part: Some((index,
+//! is_last))`; concatenated, the parts are the line. A part ends just after the last space
+//! or tab within the final 1 KiB before the limit that is not between two digits, else at
+//! the last UTF-8 character boundary before the limit, else (not UTF-8) at the limit. Each
+//! split line counts once in `lines_split`. The checkpoint may point between parts: after a
+//! restart there, the rest of the line is read as a new line (parts numbered from 0).
+//!
+//! # Final line without a newline
+//! Held back while the file grows. Emitted whole (offset = its start) once the file has had
+//! no new bytes for `partial_line_timeout`, or when the file is closed after rotation or
+//! deletion; then the checkpoint moves past it, so it is never shipped twice: bytes
+//! appended to it later form a new line. On shutdown it is not emitted: the checkpoint
+//! stays before it and the next run reads it again.
+//!
+//! # Rotation and deletion
+//! A file renamed away (app.log → app.log.1) stays open and is read to its end. Once it is
+//! gone from every matched path, or deleted (no link left), and has had no new bytes for
+//! `rotate_wait`, it is closed (so a deleted file's disk space is freed). The new file at
+//! the old path is a new identity and is read from its start; so is a file deleted and
+//! re-created under the same name.
+//!
+//! # Truncation
+//! A file found shorter than our read position (copytruncate) is read again from 0: a WARN
+//! (path and sizes, never contents), `truncations` counted, and the next chunk carries the
+//! reset checkpoint even if it has no lines. A file whose first bytes changed without
+//! shrinking below our position (truncated and refilled between two looks) is detected at
+//! each rescan by its head hash and treated the same way.
+//!
+//! # Errors and logging
+//! Errors on one file (permission denied, vanished, I/O) are logged once as a WARN with
+//! the path and the error, counted in `source_errors`, retried, and never fatal. Nothing
+//! this module logs contains a line's contents.
+//!
+//! # Metrics
+//! `lines_read` (lines and parts handed over), `bytes_read` (bytes read from files),
+//! `lines_split`, `truncations`, `files_open` (gauge), `source_errors`.
 
 pub mod checkpoint;
+mod discover;
+mod framer;
+mod reader;
+mod tail;
+#[cfg(test)]
+mod tests;
 
 pub use checkpoint::{Checkpoint, FileId, HEAD_BYTES};
 
@@ -37,26 +128,67 @@ pub struct Chunk {
     pub checkpoint: Checkpoint,
 }
 
-/// Placeholder until the tailer lands: see the tailer work.
-pub struct SourceHandle(std::thread::JoinHandle<()>);
+/// Errors of the file source as a whole (one file's errors are never fatal).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("bad glob `{glob}`: {reason}")]
+    Glob { glob: String, reason: String },
+    #[error("cannot start the file source thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("the file source thread panicked")]
+    Panicked,
+}
 
-impl SourceHandle {
-    pub fn join(self) {
-        let _ = self.0.join();
+impl From<SourceError> for std::io::Error {
+    fn from(e: SourceError) -> Self {
+        match e {
+            SourceError::Spawn(io) => io,
+            other => std::io::Error::new(std::io::ErrorKind::InvalidInput, other),
+        }
     }
 }
 
+/// The running file source thread.
+pub struct SourceHandle {
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SourceHandle {
+    /// Waits for the thread to end: after the stop token is cancelled, or when the
+    /// receiving side of the channel is dropped.
+    pub fn join(self) -> Result<(), SourceError> {
+        self.thread.join().map_err(|_| SourceError::Panicked)
+    }
+
+    /// True once the thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+}
+
+/// Starts reading `sources` on a thread of its own; see the module doc for the rules.
+/// `checkpoints` are those loaded from the buffer; `tx` is bounded and blocking on it is the
+/// backpressure; cancelling `stop` ends the thread promptly.
 pub fn spawn(
-    _sources: Vec<crate::config::SourceConfig>,
-    _checkpoints: Vec<Checkpoint>,
+    sources: Vec<crate::config::SourceConfig>,
+    checkpoints: Vec<Checkpoint>,
     tx: std::sync::mpsc::SyncSender<Chunk>,
     stop: tokio_util::sync::CancellationToken,
-    _metrics: crate::telemetry::AgentMetrics,
+    metrics: crate::telemetry::AgentMetrics,
 ) -> std::io::Result<SourceHandle> {
-    Ok(SourceHandle(std::thread::spawn(move || {
-        while !stop.is_cancelled() {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        drop(tx);
-    })))
+    let read_loop = reader::ReadLoop::new(sources, checkpoints, tx, stop, metrics)?;
+    let thread = std::thread::Builder::new()
+        .name("logveil-source".into())
+        .spawn(move || {
+            read_loop.run();
+        })
+        .map_err(SourceError::Spawn)?;
+    Ok(SourceHandle { thread })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -1,0 +1,242 @@
+//! One open file being tailed: its identity, read position, framing state and head hash.
+//!
+//! Policy (which files, when to close, what to log or count) is the read loop's; this type
+//! only reads, frames, detects truncation and reports what happened.
+
+use super::framer::Framer;
+use super::{Checkpoint, FileId, Line, HEAD_BYTES};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Where a newly opened file starts, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StartAt {
+    /// No checkpoint for this identity.
+    Beginning,
+    /// The checkpoint matched: identity and head hash.
+    Resume(u64),
+    /// The checkpoint's head hash did not match: the inode was reused by another file.
+    HeadChanged,
+    /// The file is shorter than the checkpoint's offset: truncated while we were not reading.
+    Truncated { offset: u64, size: u64 },
+}
+
+impl StartAt {
+    pub(crate) fn offset(self) -> u64 {
+        match self {
+            StartAt::Resume(o) => o,
+            _ => 0,
+        }
+    }
+}
+
+/// What one read pass over a file did.
+#[derive(Debug, Default)]
+pub(crate) struct Pass {
+    pub lines: Vec<Line>,
+    /// Bytes read from the file.
+    pub bytes: u64,
+    pub lines_split: u64,
+    /// The file was found shorter than our position and reading restarted at 0.
+    pub truncated: Option<(u64, u64)>,
+    /// The unfinished final line was emitted because the file was idle.
+    pub flushed_partial: bool,
+}
+
+pub(crate) struct TailedFile {
+    pub id: FileId,
+    pub source: usize,
+    pub path: Arc<Path>,
+    file: File,
+    framer: Framer,
+    max_line_bytes: usize,
+    head_len: u32,
+    head_hash: [u8; 32],
+    /// When bytes were last read (or the file was opened).
+    pub last_growth: Instant,
+    /// When the file was first seen gone from every matched path, or deleted.
+    pub gone_since: Option<Instant>,
+    /// The file has no link left: it can never be found again.
+    pub deleted: bool,
+    /// The last read pass reached the end of the file.
+    pub at_eof: bool,
+    /// Checkpoint offset in the last chunk handed to the pipeline (or the start offset).
+    pub sent_offset: u64,
+    /// A read error was already logged; cleared by the next successful pass.
+    pub error_logged: bool,
+}
+
+impl TailedFile {
+    /// Opens `path`, which must still be the file `id` (else `Ok(None)`: it was replaced
+    /// since the scan), positioned per its checkpoint.
+    pub(crate) fn open(
+        id: FileId,
+        source: usize,
+        path: &Path,
+        checkpoint: Option<&Checkpoint>,
+        max_line_bytes: usize,
+    ) -> io::Result<Option<(TailedFile, StartAt)>> {
+        let mut file = File::open(path)?;
+        let meta = file.metadata()?;
+        if (FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }) != id
+        {
+            return Ok(None);
+        }
+        let size = meta.len();
+        let start = match checkpoint {
+            None => StartAt::Beginning,
+            Some(cp) if size < cp.offset => StartAt::Truncated {
+                offset: cp.offset,
+                size,
+            },
+            Some(cp) => {
+                let (len, hash) = head_of(&file, u64::from(cp.head_len))?;
+                if len == cp.head_len && hash == cp.head_hash {
+                    StartAt::Resume(cp.offset)
+                } else {
+                    StartAt::HeadChanged
+                }
+            }
+        };
+        let offset = start.offset();
+        file.seek(SeekFrom::Start(offset))?;
+        let (head_len, head_hash) = head_of(&file, size)?;
+        let t = TailedFile {
+            id,
+            source,
+            path: Arc::from(path),
+            file,
+            framer: Framer::new(max_line_bytes, offset),
+            max_line_bytes,
+            head_len,
+            head_hash,
+            last_growth: Instant::now(),
+            gone_since: None,
+            deleted: false,
+            at_eof: false,
+            sent_offset: offset,
+            error_logged: false,
+        };
+        Ok(Some((t, start)))
+    }
+
+    /// Reads up to `budget` bytes (through `buf`) and frames them. Emits the unfinished
+    /// final line when no byte has arrived for `partial_timeout`. Returns also whether the
+    /// file has been deleted (no link left).
+    pub(crate) fn read_pass(
+        &mut self,
+        buf: &mut [u8],
+        budget: usize,
+        partial_timeout: std::time::Duration,
+    ) -> io::Result<(Pass, bool)> {
+        let mut pass = Pass::default();
+        let meta = self.file.metadata()?;
+        let size = meta.len();
+        if size < self.framer.read_offset() {
+            pass.truncated = Some((self.framer.read_offset(), size));
+            self.restart_from_zero()?;
+        }
+        let read_at = SystemTime::now();
+        let mut pos = self.framer.read_offset();
+        while pass.bytes < budget as u64 && pos < size {
+            let want = buf.len().min(budget - pass.bytes as usize);
+            let n = match self.file.read(&mut buf[..want]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let stats = self.framer.feed(&buf[..n], read_at, &mut pass.lines);
+            pass.lines_split += stats.lines_split;
+            pass.bytes += n as u64;
+            pos += n as u64;
+        }
+        let now = Instant::now();
+        self.at_eof = pos >= size;
+        if pass.bytes > 0 {
+            self.last_growth = now;
+        } else if self.framer.has_pending()
+            && now.duration_since(self.last_growth) >= partial_timeout
+        {
+            let stats = self.framer.flush(read_at, &mut pass.lines);
+            pass.lines_split += stats.lines_split;
+            pass.flushed_partial = true;
+        }
+        if (self.head_len as usize) < HEAD_BYTES && pos.max(size) > u64::from(self.head_len) {
+            (self.head_len, self.head_hash) = head_of(&self.file, pos.max(size))?;
+        }
+        Ok((pass, meta.nlink() == 0))
+    }
+
+    /// True when the file's first `head_len` bytes no longer hash as when read: it was
+    /// rewritten in place (copytruncate followed by new writes past our offset).
+    /// A file shorter than our position is left to the truncation check of the next pass.
+    pub(crate) fn head_changed(&self) -> io::Result<bool> {
+        if self.file.metadata()?.len() < self.framer.read_offset() {
+            return Ok(false);
+        }
+        let (len, hash) = head_of(&self.file, u64::from(self.head_len))?;
+        Ok(len != self.head_len || hash != self.head_hash)
+    }
+
+    /// Drops the framing state and reads again from offset 0.
+    pub(crate) fn restart_from_zero(&mut self) -> io::Result<()> {
+        self.file.seek(SeekFrom::Start(0))?;
+        self.framer = Framer::new(self.max_line_bytes, 0);
+        let size = self.file.metadata()?.len();
+        (self.head_len, self.head_hash) = head_of(&self.file, size)?;
+        Ok(())
+    }
+
+    /// Emits the unfinished final line, if any: the file is being closed for good.
+    pub(crate) fn flush(&mut self) -> (Vec<Line>, u64) {
+        let mut lines = Vec::new();
+        let stats = self.framer.flush(SystemTime::now(), &mut lines);
+        (lines, stats.lines_split)
+    }
+
+    pub(crate) fn has_pending(&self) -> bool {
+        self.framer.has_pending()
+    }
+
+    /// The checkpoint after every line the framer has emitted so far.
+    pub(crate) fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            id: self.id,
+            path: self.path.to_path_buf(),
+            offset: self.framer.committed_offset(),
+            head_len: self.head_len,
+            head_hash: self.head_hash,
+            updated_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// Length and SHA-256 of the file's first `min(limit, HEAD_BYTES)` bytes (fewer if the file
+/// is shorter).
+fn head_of(file: &File, limit: u64) -> io::Result<(u32, [u8; 32])> {
+    let want = limit.min(HEAD_BYTES as u64) as usize;
+    let mut head = [0u8; HEAD_BYTES];
+    let mut got = 0;
+    while got < want {
+        match file.read_at(&mut head[got..want], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let hash: [u8; 32] = Sha256::digest(&head[..got]).into();
+    Ok((got as u32, hash))
+}

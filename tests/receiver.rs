@@ -1,0 +1,849 @@
+//! The central store end to end: a real server on 127.0.0.1 (plain, TLS, mTLS), real HTTP
+//! clients, real files. Every refusal is checked to leave the archive untouched.
+//!
+//! Until `logveil receive` lands in the CLI these start `logveil::receive::run` in-process on
+//! a free port; the assertions are the ones the binary must pass too.
+
+use ed25519_dalek::SigningKey;
+use logveil::config::ReceiverConfig;
+use logveil::envelope::{keys, seal, sha256, Envelope, Hash, Header, Kind, GENESIS_PREV_HASH};
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+const MAX_BODY: u64 = 64 * 1024;
+const MAX_DECOMPRESSED: u64 = 4 * 1024 * 1024;
+
+// ---------------------------------------------------------------------------------------
+// Envelopes
+
+/// A host producing one chain.
+struct Host {
+    id: String,
+    stream: String,
+    chain_id: [u8; 16],
+    key: SigningKey,
+    seq: u64,
+    link: Hash,
+}
+
+impl Host {
+    fn new(id: &str) -> Self {
+        Host {
+            id: id.into(),
+            stream: "default".into(),
+            chain_id: [0x5a; 16],
+            key: SigningKey::from_bytes(&sha256(id.as_bytes())),
+            seq: 0,
+            link: GENESIS_PREV_HASH,
+        }
+    }
+
+    fn enroll(&self, keys_dir: &Path) {
+        std::fs::write(
+            keys_dir.join(format!("{}.pub", self.id)),
+            keys::public_key_line(&self.key.verifying_key()),
+        )
+        .unwrap();
+    }
+
+    fn records(&self, n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let rec = serde_json::json!({
+                "host": self.id, "stream": self.stream, "seq_hint": self.seq + 1, "i": i,
+                "body": "user logged in",
+            });
+            out.extend_from_slice(rec.to_string().as_bytes());
+            out.push(b'\n');
+        }
+        out
+    }
+
+    fn header(&self) -> Header {
+        Header {
+            kind: Kind::Data,
+            host_id: self.id.clone(),
+            key_id: keys::key_id(&self.key.verifying_key()),
+            stream: self.stream.clone(),
+            chain_id: self.chain_id,
+            seq: self.seq + 1,
+            prev_hash: self.link,
+            payload_sha256: [0; 32],
+            payload_len: 0,
+            decompressed_len: 0,
+            record_count: 0,
+            first_ts_ns: 1_700_000_000_000_000_000,
+            last_ts_ns: 1_700_000_000_000_000_001,
+            policy_hash: [1; 32],
+            refused_link: [0; 32],
+            refused_payload_sha256: [0; 32],
+            reason: String::new(),
+        }
+    }
+
+    /// The next data envelope over `raw`, not yet advancing the chain.
+    fn envelope_over(&self, raw: &[u8], records: u64, edit: impl FnOnce(&mut Header)) -> Vec<u8> {
+        let payload = zstd::bulk::compress(raw, 3).unwrap();
+        let mut h = self.header();
+        h.payload_sha256 = sha256(&payload);
+        h.payload_len = payload.len() as u64;
+        h.decompressed_len = raw.len() as u64;
+        h.record_count = records;
+        edit(&mut h);
+        seal(&h, &payload, &self.key).0
+    }
+
+    fn peek(&self, n: usize) -> Vec<u8> {
+        self.envelope_over(&self.records(n), n as u64, |_| {})
+    }
+
+    fn next(&mut self, n: usize) -> Vec<u8> {
+        let bytes = self.peek(n);
+        self.advance(&bytes);
+        bytes
+    }
+
+    fn advance(&mut self, bytes: &[u8]) {
+        let env = Envelope::decode(bytes).unwrap();
+        self.seq = env.header.seq;
+        self.link = env.next_link();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The server
+
+#[derive(Default)]
+struct Options {
+    tls: Option<Tls>,
+    request_timeout: Option<&'static str>,
+    telemetry: bool,
+}
+
+struct Tls {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+    client_pem: String,
+    mtls: bool,
+}
+
+impl Tls {
+    /// A private CA, a server certificate for 127.0.0.1 and a client certificate.
+    fn generate(mtls: bool) -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "logveil test CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+
+        let leaf = |names: Vec<String>, usage| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(names).unwrap();
+            p.extended_key_usages = vec![usage];
+            let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) =
+            leaf(vec!["web-1".into()], ExtendedKeyUsagePurpose::ClientAuth);
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.path().join("server.pem"), server_cert).unwrap();
+        std::fs::write(dir.path().join("server.key"), server_key).unwrap();
+        Tls {
+            dir,
+            ca_pem: ca_cert.pem(),
+            client_pem: format!("{client_cert}{client_key}"),
+            mtls,
+        }
+    }
+
+    fn config(&self) -> String {
+        let p = |n: &str| self.dir.path().join(n).display().to_string();
+        let mut s = format!(
+            "\n[receiver.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            p("server.pem"),
+            p("server.key")
+        );
+        if self.mtls {
+            s += &format!("client_ca = \"{}\"\n", p("ca.pem"));
+        }
+        s
+    }
+
+    fn client(&self, with_cert: bool) -> reqwest::Client {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap());
+        if with_cert {
+            b = b.identity(reqwest::Identity::from_pem(self.client_pem.as_bytes()).unwrap());
+        }
+        b.build().unwrap()
+    }
+}
+
+struct Store {
+    archive: tempfile::TempDir,
+    keys: tempfile::TempDir,
+    addr: SocketAddr,
+    telemetry: Option<SocketAddr>,
+    base: String,
+    client: reqwest::Client,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    options: Options,
+}
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+impl Store {
+    async fn start(options: Options) -> Store {
+        let archive = tempfile::tempdir().unwrap();
+        let keys = tempfile::tempdir().unwrap();
+        Store::start_in(archive, keys, options).await
+    }
+
+    async fn start_in(
+        archive: tempfile::TempDir,
+        keys: tempfile::TempDir,
+        options: Options,
+    ) -> Store {
+        let addr = free_port();
+        let telemetry = options.telemetry.then(free_port);
+        let mut text = format!(
+            "[receiver]\nlisten = \"{addr}\"\narchive_dir = \"{}\"\ntrusted_keys_dir = \"{}\"\n\
+             max_body_bytes = {MAX_BODY}\nmax_decompressed_bytes = {MAX_DECOMPRESSED}\n\
+             request_timeout = \"{}\"\n",
+            archive.path().display(),
+            keys.path().display(),
+            options.request_timeout.unwrap_or("10s"),
+        );
+        if let Some(tls) = &options.tls {
+            text += &tls.config();
+        }
+        if let Some(t) = telemetry {
+            text += &format!("\n[telemetry]\nlisten = \"{t}\"\n");
+        }
+        let cfg = ReceiverConfig::from_text(Path::new("receiver.toml"), &text).unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(logveil::receive::run(cfg, shutdown.clone()));
+        let (base, client) = match &options.tls {
+            Some(tls) => (format!("https://{addr}"), tls.client(true)),
+            None => (format!("http://{addr}"), reqwest::Client::new()),
+        };
+        let mut store = Store {
+            archive,
+            keys,
+            addr,
+            telemetry,
+            base,
+            client,
+            shutdown,
+            task: Some(task),
+            options,
+        };
+        store.wait_ready().await;
+        store
+    }
+
+    /// Polls `GET /v1/limits` until it answers, with a deadline.
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = self
+                .client
+                .get(format!("{}/v1/limits", self.base))
+                .send()
+                .await
+            {
+                assert_eq!(r.status(), StatusCode::OK);
+                return;
+            }
+            let task = self.task.as_ref().unwrap();
+            if task.is_finished() {
+                let r = self.task.take().unwrap().await.unwrap();
+                panic!("receiver exited during startup: {r:?}");
+            }
+            assert!(Instant::now() < deadline, "receiver not ready in time");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the server and hands back its directories.
+    async fn stop(mut self) -> (tempfile::TempDir, tempfile::TempDir, Options) {
+        self.shutdown.cancel();
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("receiver stops on shutdown")
+            .unwrap()
+            .unwrap();
+        let archive = std::mem::replace(&mut self.archive, tempfile::tempdir().unwrap());
+        let keys = std::mem::replace(&mut self.keys, tempfile::tempdir().unwrap());
+        (archive, keys, std::mem::take(&mut self.options))
+    }
+
+    async fn post(&self, body: Vec<u8>) -> (StatusCode, Value) {
+        post_with(&self.client, &self.base, body).await
+    }
+
+    /// Every file under the archive, temp files included.
+    fn files(&self) -> BTreeSet<PathBuf> {
+        walkdir::WalkDir::new(self.archive.path())
+            .into_iter()
+            .map(|e| e.unwrap())
+            .filter(|e| !e.file_type().is_dir())
+            .map(|e| e.into_path())
+            .collect()
+    }
+
+    fn batch_path(&self, host: &Host, seq: u64) -> PathBuf {
+        self.archive
+            .path()
+            .join(&host.id)
+            .join(&host.stream)
+            .join(hex::encode(host.chain_id))
+            .join(format!("{seq:020}.lvb"))
+    }
+
+    /// Posts `body`, expects a refusal with `status` and `code`, and no change to the archive.
+    async fn expect_refused(&self, body: Vec<u8>, status: StatusCode, code: &str) -> Value {
+        let before = self.files();
+        let (got, json) = self.post(body).await;
+        assert_eq!(
+            (got, json["error"].as_str()),
+            (status, Some(code)),
+            "{json}"
+        );
+        assert!(
+            json["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{json}"
+        );
+        assert_eq!(self.files(), before, "a refused batch changed the archive");
+        json
+    }
+
+    /// Sends raw bytes on a new TCP connection and reads until the server closes it.
+    async fn raw(&self, request: &[u8]) -> String {
+        let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
+            .await
+            .expect("the server answers and closes")
+            .unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn post_with(client: &reqwest::Client, base: &str, body: Vec<u8>) -> (StatusCode, Value) {
+    let r = client
+        .post(format!("{base}/v1/batches"))
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let json = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    (status, json)
+}
+
+fn stored(seq: u64) -> (StatusCode, Value) {
+    (
+        StatusCode::OK,
+        serde_json::json!({"status": "stored", "seq": seq}),
+    )
+}
+
+fn duplicate(seq: u64) -> (StatusCode, Value) {
+    (
+        StatusCode::OK,
+        serde_json::json!({"status": "duplicate", "seq": seq}),
+    )
+}
+
+async fn enrolled_store(hosts: &[&Host]) -> Store {
+    let store = Store::start(Options::default()).await;
+    for h in hosts {
+        h.enroll(store.keys.path());
+    }
+    store
+}
+
+// ---------------------------------------------------------------------------------------
+// Accepting
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_advertised() {
+    let store = Store::start(Options::default()).await;
+    let r = store
+        .client
+        .get(format!("{}/v1/limits", store.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"max_body_bytes": MAX_BODY, "max_decompressed_bytes": MAX_DECOMPRESSED})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_chain_is_stored_as_exact_bytes_in_the_layout() {
+    let mut host = Host::new("web-1");
+    let store = enrolled_store(&[&host]).await;
+    let mut sent = Vec::new();
+    for seq in 1..=3 {
+        let bytes = host.next(seq as usize);
+        assert_eq!(store.post(bytes.clone()).await, stored(seq));
+        sent.push(bytes);
+    }
+    let expected: BTreeSet<_> = (1..=3).map(|s| store.batch_path(&host, s)).collect();
+    assert_eq!(
+        store.files(),
+        expected,
+        "exactly the batch files, no temp files"
+    );
+    for (i, bytes) in sent.iter().enumerate() {
+        let path = store.batch_path(&host, i as u64 + 1);
+        assert_eq!(&std::fs::read(&path).unwrap(), bytes);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o440);
+    }
+    let chain_dir = store.batch_path(&host, 1).parent().unwrap().to_path_buf();
+    let mode = std::fs::metadata(chain_dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o750);
+
+    // What was stored verifies offline and reads back.
+    let report = logveil::verify::verify(store.archive.path(), store.keys.path());
+    assert!(report.problems.is_empty(), "{report}");
+    assert_eq!((report.batches, report.records), (3, 6));
+    let mut out = Vec::new();
+    assert_eq!(
+        logveil::archive::cat(store.archive.path(), &mut out).unwrap(),
+        6
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identical_resend_is_a_duplicate_written_once() {
+    let mut host = Host::new("web-1");
+    let store = enrolled_store(&[&host]).await;
+    let b1 = host.next(2);
+    let b2 = host.next(1);
+    assert_eq!(store.post(b1.clone()).await, stored(1));
+    assert_eq!(store.post(b1.clone()).await, duplicate(1));
+    assert_eq!(store.post(b2.clone()).await, stored(2));
+    assert_eq!(store.post(b1).await, duplicate(1));
+    assert_eq!(store.post(b2).await, duplicate(2));
+    assert_eq!(store.files().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_copies_of_a_batch_are_written_once() {
+    let mut host = Host::new("web-1");
+    let store = enrolled_store(&[&host]).await;
+    let b1 = host.next(5);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (client, base, body) = (store.client.clone(), store.base.clone(), b1.clone());
+        tasks.spawn(async move { post_with(&client, &base, body).await });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        outcomes.push(r.unwrap());
+    }
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == stored(1)).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == duplicate(1)).count(),
+        19,
+        "{outcomes:?}"
+    );
+    assert_eq!(store.files(), BTreeSet::from([store.batch_path(&host, 1)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_state_survives_a_restart() {
+    let mut host = Host::new("web-1");
+    let store = enrolled_store(&[&host]).await;
+    let b1 = host.next(1);
+    assert_eq!(store.post(b1.clone()).await, stored(1));
+    let (archive, keys, options) = store.stop().await;
+
+    // A leftover of a write interrupted by a crash.
+    let leftover = archive
+        .path()
+        .join("web-1/default")
+        .join(hex::encode(host.chain_id))
+        .join(".tmp-2-00000000deadbeef");
+    std::fs::write(&leftover, b"half a batch").unwrap();
+
+    let store = Store::start_in(archive, keys, options).await;
+    assert!(!leftover.exists(), "temp files are removed at startup");
+    assert_eq!(store.post(b1).await, duplicate(1));
+    let mut fork = Host::new("web-1");
+    let json = store
+        .expect_refused(fork.next(3), StatusCode::CONFLICT, "seq_conflict")
+        .await;
+    assert_eq!(json["expected_seq"], 2);
+    assert_eq!(store.post(host.next(1)).await, stored(2));
+}
+
+// ---------------------------------------------------------------------------------------
+// Chain refusals
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_different_batch_at_a_stored_seq_is_a_conflict() {
+    let mut host = Host::new("web-1");
+    let store = enrolled_store(&[&host]).await;
+    let b1 = host.next(1);
+    assert_eq!(store.post(b1).await, stored(1));
+    // Same seq and prev_hash, different records.
+    let mut other = Host::new("web-1");
+    let json = store
+        .expect_refused(other.next(4), StatusCode::CONFLICT, "seq_conflict")
+        .await;
+    assert_eq!(json["expected_seq"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seq_gap_is_refused_with_the_expected_seq() {
+    let mut host = Host::new("web-1");
+    let store = enrolled_store(&[&host]).await;
+    assert_eq!(store.post(host.next(1)).await, stored(1));
+    host.next(1); // seq 2 never sent
+    let json = store
+        .expect_refused(host.next(1), StatusCode::CONFLICT, "seq_gap")
+        .await;
+    assert_eq!(json["expected_seq"], 2);
+
+    // A chain the store has never seen must start at seq 1.
+    let mut fresh = Host::new("web-2");
+    fresh.enroll(store.keys.path());
+    fresh.seq = 6;
+    let json = store
+        .expect_refused(fresh.next(1), StatusCode::CONFLICT, "seq_gap")
+        .await;
+    assert_eq!(json["expected_seq"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_prev_hash_is_refused() {
+    let mut host = Host::new("web-1");
+    let store = enrolled_store(&[&host]).await;
+    assert_eq!(store.post(host.next(1)).await, stored(1));
+    host.link = [0xee; 32];
+    let json = store
+        .expect_refused(host.peek(1), StatusCode::CONFLICT, "broken_chain")
+        .await;
+    assert_eq!(json["expected_seq"], 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Authenticity and format refusals
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_truncated_envelopes_are_malformed() {
+    let host = Host::new("web-1");
+    let store = enrolled_store(&[&host]).await;
+    store
+        .expect_refused(
+            b"not an envelope at all".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        )
+        .await;
+    store
+        .expect_refused(Vec::new(), StatusCode::BAD_REQUEST, "malformed")
+        .await;
+    let good = host.peek(3);
+    for cut in [4, 9, 40, good.len() - 1] {
+        store
+            .expect_refused(good[..cut].to_vec(), StatusCode::BAD_REQUEST, "malformed")
+            .await;
+    }
+    let mut long = good.clone();
+    long.push(0);
+    store
+        .expect_refused(long, StatusCode::BAD_REQUEST, "malformed")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_signature_is_refused() {
+    let host = Host::new("web-1");
+    let store = enrolled_store(&[&host]).await;
+    let mut bytes = host.peek(1);
+    let header_len = u32::from_be_bytes(bytes[4..8].try_into().unwrap()) as usize;
+    bytes[8 + header_len + 10] ^= 0x40;
+    store
+        .expect_refused(bytes, StatusCode::UNAUTHORIZED, "bad_signature")
+        .await;
+    // Signed by a key that is not the enrolled one, under the enrolled key id.
+    let mut forger = Host::new("web-1");
+    forger.key = SigningKey::from_bytes(&[7; 32]);
+    let enrolled_id = keys::key_id(&host.key.verifying_key());
+    let forged = forger.envelope_over(&forger.records(1), 1, |h| h.key_id = enrolled_id);
+    store
+        .expect_refused(forged, StatusCode::UNAUTHORIZED, "bad_signature")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_host_is_forbidden() {
+    let store = Store::start(Options::default()).await;
+    let stranger = Host::new("web-9");
+    store
+        .expect_refused(stranger.peek(1), StatusCode::FORBIDDEN, "unknown_host")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_a_signing_as_host_b_is_a_key_mismatch() {
+    let a = Host::new("web-a");
+    let b = Host::new("web-b");
+    let store = enrolled_store(&[&a, &b]).await;
+    let mut impostor = Host::new("web-b");
+    impostor.key = a.key.clone();
+    store
+        .expect_refused(impostor.peek(1), StatusCode::UNAUTHORIZED, "key_mismatch")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_hash_mismatch_is_refused() {
+    let host = Host::new("web-1");
+    let store = enrolled_store(&[&host]).await;
+    let mut bytes = host.peek(2);
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    store
+        .expect_refused(bytes, StatusCode::BAD_REQUEST, "payload_hash")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_that_do_not_match_the_header_are_unprocessable() {
+    let host = Host::new("web-1");
+    let store = enrolled_store(&[&host]).await;
+    let raw = host.records(2);
+    store
+        .expect_refused(
+            host.envelope_over(&raw, 3, |_| {}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_records",
+        )
+        .await;
+    let other = Host::new("web-2").records(1);
+    store
+        .expect_refused(
+            host.envelope_over(&other, 1, |_| {}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_records",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_like_host_id_is_malformed() {
+    let store = Store::start(Options::default()).await;
+    let evil = Host::new("web-1");
+    let bytes = evil.envelope_over(&evil.records(1), 1, |h| h.host_id = "../../etc".into());
+    store
+        .expect_refused(bytes, StatusCode::BAD_REQUEST, "malformed")
+        .await;
+    assert!(store.files().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Limits
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_length_over_the_limit_is_refused_without_reading_the_body() {
+    let store = Store::start(Options::default()).await;
+    // Headers only: the server must answer without waiting for 100 MB that never come.
+    let response = store
+        .raw(
+            b"POST /v1/batches HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n\
+              Content-Length: 100000000\r\n\r\n",
+        )
+        .await;
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("\"body_too_large\""), "{response}");
+    assert!(store.files().is_empty());
+
+    let before = store.files();
+    let (status, json) = store.post(vec![b'x'; MAX_BODY as usize + 1]).await;
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("body_too_large"))
+    );
+    assert_eq!(store.files(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_over_the_limit_is_refused_while_streaming() {
+    let store = Store::start(Options::default()).await;
+    let chunk = vec![b'x'; 4096];
+    let mut request =
+        b"POST /v1/batches HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut sent = 0;
+    while sent <= MAX_BODY {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(&chunk);
+        request.extend_from_slice(b"\r\n");
+        sent += chunk.len() as u64;
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let response = store.raw(&request).await;
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(store.files().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zstd_bomb_is_refused() {
+    let host = Host::new("web-1");
+    let store = enrolled_store(&[&host]).await;
+    let zeros = vec![0u8; 100 * 1024 * 1024];
+    let bytes = host.envelope_over(&zeros, 1, |_| {});
+    drop(zeros);
+    assert!(
+        bytes.len() < MAX_BODY as usize,
+        "the bomb is small: {}",
+        bytes.len()
+    );
+    store
+        .expect_refused(
+            bytes,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "decompressed_too_large",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_slower_than_the_request_timeout_gets_408() {
+    let store = Store::start(Options {
+        request_timeout: Some("500ms"),
+        ..Options::default()
+    })
+    .await;
+    let started = Instant::now();
+    let response = store
+        .raw(b"POST /v1/batches HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly ten b")
+        .await;
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("\"request_timeout\""), "{response}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(store.files().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS, telemetry
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca_stores_batches() {
+    let mut host = Host::new("web-1");
+    let store = Store::start(Options {
+        tls: Some(Tls::generate(false)),
+        ..Options::default()
+    })
+    .await;
+    host.enroll(store.keys.path());
+    assert!(store.base.starts_with("https://"));
+    assert_eq!(store.post(host.next(2)).await, stored(1));
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{}/v1/limits", store.addr))
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_refuses_a_client_without_a_certificate() {
+    let mut host = Host::new("web-1");
+    let store = Store::start(Options {
+        tls: Some(Tls::generate(true)),
+        ..Options::default()
+    })
+    .await;
+    host.enroll(store.keys.path());
+    let anonymous = store.options.tls.as_ref().unwrap().client(false);
+    let refused = anonymous
+        .post(format!("{}/v1/batches", store.base))
+        .body(host.peek(1))
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "a client without a certificate was served"
+    );
+    assert!(store.files().is_empty());
+    // The client with a certificate from the CA is served.
+    assert_eq!(store.post(host.next(1)).await, stored(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_counts_outcomes() {
+    let mut host = Host::new("web-1");
+    let store = Store::start(Options {
+        telemetry: true,
+        ..Options::default()
+    })
+    .await;
+    host.enroll(store.keys.path());
+    let b1 = host.next(3);
+    assert_eq!(store.post(b1.clone()).await, stored(1));
+    assert_eq!(store.post(b1).await, duplicate(1));
+    store
+        .expect_refused(b"junk".to_vec(), StatusCode::BAD_REQUEST, "malformed")
+        .await;
+    let url = format!("http://{}/metrics", store.telemetry.unwrap());
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    for line in [
+        "logveil_receiver_batches_accepted_total 1",
+        "logveil_receiver_batches_duplicate_total 1",
+        "logveil_receiver_records_accepted_total 3",
+        "logveil_receiver_batches_rejected_total{reason=\"malformed\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in\n{text}"
+        );
+    }
+}
