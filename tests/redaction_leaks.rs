@@ -56,11 +56,14 @@ fn default_type_values(entries: &[serde_json::Value]) -> Vec<(String, String)> {
 }
 
 fn assert_no_value_in(haystack: &str, values: &[(String, String)], what: &str) {
-    let lower = haystack.to_lowercase();
-    for (kind, v) in values {
-        assert!(
-            !lower.contains(&v.to_lowercase()),
-            "{kind} value found in {what}"
+    let finder = aho_corasick::AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(values.iter().map(|(_, v)| v))
+        .unwrap();
+    if let Some(m) = finder.find(haystack) {
+        panic!(
+            "a {} value was found in {what}",
+            values[m.pattern().as_usize()].0
         );
     }
 }
@@ -120,11 +123,10 @@ fn redact_cli_keeps_lines_and_scores_on_the_corpus() {
         "one output line per input line"
     );
     let s = score("dev.jsonl", &redacted);
-    let per_type = &s["types"];
     let recall = |t: &str| {
-        per_type[t]["recall"]
-            .as_f64()
-            .unwrap_or_else(|| panic!("no recall for {t}: {s}"))
+        let c = &s["by_type"][t];
+        let (n, leaked) = (c["count"].as_f64().unwrap(), c["leaked"].as_f64().unwrap());
+        1.0 - leaked / n
     };
     // Figures for the default detectors (BENCHMARKS.md): IPv4 is complete; e-mail and card
     // miss only encoded forms; SSN and phone miss undashed and national forms, which the
@@ -136,7 +138,7 @@ fn redact_cli_keeps_lines_and_scores_on_the_corpus() {
 
     let clean_raw = raw_corpus("clean-dev.jsonl");
     let clean = score("clean-dev.jsonl", &redact_cli(&clean_raw));
-    let fp = clean["clean"]["fp_lines"]
+    let fp = clean["fp_lines"]
         .as_u64()
         .unwrap_or_else(|| panic!("{clean}"));
     assert!(fp <= 20, "{fp} clean lines changed");
