@@ -93,6 +93,7 @@ def main():
     ap.add_argument("--size-mb", type=int, default=200)
     ap.add_argument("--files", type=int, default=4)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--batch-bytes", type=int, default=1048576, help="sink.batch_max_bytes")
     args = ap.parse_args()
     if not os.path.exists(BIN):
         sys.exit("build first: cargo build --release")
@@ -121,8 +122,8 @@ def main():
         with open(os.path.join(work, "agent.toml"), "w") as f:
             f.write('[agent]\nhost_id = "bench"\ndata_dir = "%s/data"\nsigning_key = "%s/keys/agent.key"\n'
                     '[[sources]]\nname = "bench"\ninclude = ["%s/logs/*.log"]\n'
-                    '[sink]\nurl = "http://127.0.0.1:%d/v1/batches"\n'
-                    '[telemetry]\nlisten = "127.0.0.1:%d"\n' % (work, work, work, port, aport))
+                    '[sink]\nurl = "http://127.0.0.1:%d/v1/batches"\nbatch_max_bytes = %d\n'
+                    '[telemetry]\nlisten = "127.0.0.1:%d"\n' % (work, work, work, port, args.batch_bytes, aport))
         devnull = open(os.devnull, "w")
         store = subprocess.Popen([BIN, "receive", "--config", os.path.join(work, "collector.toml")], stderr=devnull)
         deadline = time.time() + 30
@@ -131,7 +132,7 @@ def main():
                 sys.exit("store did not start")
             time.sleep(0.05)
         t0 = time.time()
-        agent = subprocess.Popen([BIN, "run", "--config", os.path.join(work, "agent.toml")], stderr=devnull)
+        agent = subprocess.Popen([BIN, "run", "--config", os.path.join(work, "agent.toml")], stderr=open(os.environ["BENCH_AGENT_LOG"], "w") if os.environ.get("BENCH_AGENT_LOG") else devnull)
         cpu = hwm = 0
         deadline = t0 + 1800
         while True:
@@ -145,6 +146,7 @@ def main():
             time.sleep(0.02)
         elapsed = time.time() - t0
         cpu, hwm = proc_stats(agent.pid)
+        scpu, shwm = proc_stats(store.pid)
         agent.terminate()
         agent.wait()
         store.terminate()
@@ -155,6 +157,7 @@ def main():
         print("throughput: %.1f MB/s, %.0f lines/s" % (mb / elapsed, lines / elapsed))
         print("agent CPU: %.2f s (%.0f%% of one core)" % (cpu, 100 * cpu / elapsed))
         print("agent peak RSS: %.1f MB" % (hwm / 1e6))
+        print("central store CPU: %.2f s, peak RSS %.1f MB" % (scpu, shwm / 1e6))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

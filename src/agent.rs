@@ -120,7 +120,7 @@ async fn run_async(
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
 
-    let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_CHUNKS);
+    let (tx, rx) = crossbeam_channel::bounded(CHANNEL_CHUNKS);
     let source = crate::source::spawn(
         cfg.sources.clone(),
         buffer.checkpoints()?,

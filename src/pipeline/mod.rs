@@ -12,16 +12,18 @@
 //! Nothing unredacted leaves this stage: records are built from redacted text only.
 
 pub mod record;
+mod seal;
 
 use crate::buffer::Buffer;
 use crate::config::Format;
-use crate::envelope::{self, Header, Kind};
+use crate::envelope;
 use crate::redact::{Counts, Redactor};
 use crate::source::{Checkpoint, Chunk, FileId};
 use crate::telemetry::AgentMetrics;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use ed25519_dalek::SigningKey;
+use seal::{Batch, Sealer};
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +33,10 @@ pub const DEFAULT_STREAM: &str = "default";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
+    #[error("cannot start the sealer thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the sealer thread panicked")]
+    SealerPanicked,
     #[error(transparent)]
     Buffer(#[from] crate::buffer::BufferError),
     #[error("compressing a batch failed: {0}")]
@@ -55,10 +61,11 @@ pub struct Settings {
 pub struct Pipeline {
     settings: Settings,
     redactor: Arc<Redactor>,
-    key: SigningKey,
-    key_id: String,
-    buffer: Arc<Buffer>,
     metrics: AgentMetrics,
+    /// Taken by `run`, which starts it on its own thread.
+    sealer: Option<Sealer>,
+    /// To the sealer thread, while `run` is running.
+    to_sealer: Option<Sender<Batch>>,
     // The open batch.
     payload: Vec<u8>,
     records: u64,
@@ -66,9 +73,6 @@ pub struct Pipeline {
     last_ts: i64,
     opened: Option<Instant>,
     checkpoints: HashMap<FileId, Checkpoint>,
-    chain_seq: u64,
-    chain_link: [u8; 32],
-    compressor: zstd::bulk::Compressor<'static>,
 }
 
 fn unix_nanos(t: SystemTime) -> i64 {
@@ -88,22 +92,29 @@ impl Pipeline {
         let state = buffer.chain_state(DEFAULT_STREAM)?;
         let compressor = zstd::bulk::Compressor::new(settings.compression_level)
             .map_err(PipelineError::Compress)?;
-        Ok(Pipeline {
+        let sealer = Sealer {
+            host_id: settings.host_id.clone(),
             key_id: envelope::keys::key_id(&key.verifying_key()),
+            key,
+            policy_hash: redactor.policy_hash(),
+            buffer,
+            metrics: metrics.clone(),
+            compressor,
+            seq: state.next_seq,
+            link: state.link,
+        };
+        Ok(Pipeline {
             payload: Vec::with_capacity(settings.batch_max_bytes),
             settings,
             redactor,
-            key,
-            buffer,
             metrics,
+            sealer: Some(sealer),
+            to_sealer: None,
             records: 0,
             first_ts: 0,
             last_ts: 0,
             opened: None,
             checkpoints: HashMap::new(),
-            chain_seq: state.next_seq,
-            chain_link: state.link,
-            compressor,
         })
     }
 
@@ -115,6 +126,29 @@ impl Pipeline {
         rx: Receiver<Chunk>,
         hard_stop: CancellationToken,
     ) -> Result<(), PipelineError> {
+        let sealer = self.sealer.take().expect("run is called once");
+        let (tx, sealer_rx) = crossbeam_channel::bounded(1);
+        self.to_sealer = Some(tx);
+        std::thread::scope(|scope| {
+            let stop = &hard_stop;
+            let sealing = std::thread::Builder::new()
+                .name("logveil-sealer".into())
+                .spawn_scoped(scope, move || sealer.run(sealer_rx, stop))
+                .map_err(PipelineError::Thread)?;
+            let batching = self.batch(rx, &hard_stop);
+            // Hang up so the sealer finishes what it was given, then ends.
+            self.to_sealer = None;
+            let sealed = sealing.join().unwrap_or(Err(PipelineError::SealerPanicked));
+            batching.and(sealed)
+        })
+    }
+
+    fn batch(
+        &mut self,
+        rx: Receiver<Chunk>,
+        hard_stop: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        let hard_stop = hard_stop.clone();
         loop {
             let wait = match self.opened {
                 Some(t) => self.settings.batch_max_wait.saturating_sub(t.elapsed()),
@@ -239,72 +273,26 @@ impl Pipeline {
         Ok(true)
     }
 
-    /// Seals the open batch (if any). Returns false when a hard stop interrupted the wait
-    /// for buffer space.
-    fn seal(&mut self, hard_stop: &CancellationToken) -> Result<bool, PipelineError> {
+    /// Hands the open batch (if any) to the sealer. Returns false when the sealer has
+    /// stopped (a hard stop interrupted its wait for buffer space).
+    fn seal(&mut self, _hard_stop: &CancellationToken) -> Result<bool, PipelineError> {
         if self.opened.is_none() {
             return Ok(true);
         }
-        if self.records == 0 {
-            // Only checkpoints changed (e.g. a truncation reset): persist them alone.
-            let cps: Vec<Checkpoint> = self.checkpoints.drain().map(|(_, c)| c).collect();
-            self.buffer.save_checkpoints(&cps)?;
-            self.opened = None;
-            return Ok(true);
-        }
-        let compressed = self
-            .compressor
-            .compress(&self.payload)
-            .map_err(PipelineError::Compress)?;
-        let header = Header {
-            kind: Kind::Data,
-            host_id: self.settings.host_id.clone(),
-            key_id: self.key_id.clone(),
-            stream: DEFAULT_STREAM.to_string(),
-            chain_id: self.buffer.chain_id(),
-            seq: self.chain_seq,
-            prev_hash: self.chain_link,
-            payload_sha256: envelope::sha256(&compressed),
-            payload_len: compressed.len() as u64,
-            decompressed_len: self.payload.len() as u64,
-            record_count: self.records,
-            first_ts_ns: self.first_ts,
-            last_ts_ns: self.last_ts,
-            policy_hash: self.redactor.policy_hash(),
-            refused_link: [0; 32],
-            refused_payload_sha256: [0; 32],
-            reason: String::new(),
+        let batch = Batch {
+            payload: std::mem::replace(
+                &mut self.payload,
+                Vec::with_capacity(self.settings.batch_max_bytes),
+            ),
+            records: self.records,
+            first_ts: self.first_ts,
+            last_ts: self.last_ts,
+            checkpoints: self.checkpoints.drain().map(|(_, c)| c).collect(),
         };
-        let (bytes, link) = envelope::seal(&header, &compressed, &self.key);
-        if !self.buffer.has_space(bytes.len() as u64) {
-            self.metrics.buffer_full_pauses.inc();
-            tracing::info!(
-                buffer_bytes = self.buffer.usage().bytes,
-                "buffer full: reading paused until the central store acknowledges batches"
-            );
-        }
-        if !self
-            .buffer
-            .wait_for_space(bytes.len() as u64, &|| hard_stop.is_cancelled())
-        {
-            return Ok(false);
-        }
-        let cps: Vec<Checkpoint> = self.checkpoints.drain().map(|(_, c)| c).collect();
-        self.buffer
-            .seal(DEFAULT_STREAM, self.chain_seq, link, &bytes, &cps)?;
-        self.metrics.batches_sealed.inc();
-        tracing::debug!(
-            seq = self.chain_seq,
-            records = self.records,
-            bytes = bytes.len(),
-            "batch sealed"
-        );
-        self.chain_seq += 1;
-        self.chain_link = link;
-        self.payload.clear();
         self.records = 0;
         self.opened = None;
-        Ok(true)
+        let to_sealer = self.to_sealer.as_ref().expect("sealer running");
+        Ok(to_sealer.send(batch).is_ok())
     }
 }
 

@@ -206,6 +206,15 @@ pub fn check_payload(env: &Envelope<'_>, max_decompressed: u64) -> Result<u64, R
     Ok(h.record_count)
 }
 
+/// The record fields the store checks against the header; others are skipped unparsed.
+#[derive(serde::Deserialize)]
+struct RecordIds<'a> {
+    #[serde(borrow, default)]
+    host: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    stream: Option<std::borrow::Cow<'a, str>>,
+}
+
 fn check_records(raw: &[u8], h: &Header) -> Result<(), Rejection> {
     if !raw.is_empty() && raw.last() != Some(&b'\n') {
         return Err(Rejection::BadRecords(
@@ -218,10 +227,14 @@ fn check_records(raw: &[u8], h: &Header) -> Result<(), Rejection> {
     let lines = body.split(|&b| b == b'\n').take_while(|_| !raw.is_empty());
     for (i, line) in lines.enumerate() {
         let n = i + 1;
-        let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(line)
+        // Parses the whole object (so it must be valid JSON) but keeps only the two fields.
+        let ids: RecordIds = serde_json::from_slice(line)
             .map_err(|_| Rejection::BadRecords(format!("line {n} is not a JSON object")))?;
-        for (field, expected) in [("host", &h.host_id), ("stream", &h.stream)] {
-            if obj.get(field).and_then(|v| v.as_str()) != Some(expected.as_str()) {
+        for (field, value, expected) in [
+            ("host", ids.host.as_deref(), &h.host_id),
+            ("stream", ids.stream.as_deref(), &h.stream),
+        ] {
+            if value != Some(expected.as_str()) {
                 return Err(Rejection::BadRecords(format!(
                     "line {n}: \"{field}\" is not the header's {field} {expected}"
                 )));

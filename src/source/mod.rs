@@ -172,7 +172,7 @@ impl SourceHandle {
 pub fn spawn(
     sources: Vec<crate::config::SourceConfig>,
     checkpoints: Vec<Checkpoint>,
-    tx: std::sync::mpsc::SyncSender<Chunk>,
+    tx: crossbeam_channel::Sender<Chunk>,
     stop: tokio_util::sync::CancellationToken,
     metrics: crate::telemetry::AgentMetrics,
 ) -> std::io::Result<SourceHandle> {

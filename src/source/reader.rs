@@ -8,6 +8,7 @@ use super::tail::{StartAt, TailedFile};
 use super::{Checkpoint, Chunk, FileId, SourceError};
 use crate::config::SourceConfig;
 use crate::telemetry::AgentMetrics;
+use crossbeam_channel::SendTimeoutError;
 use notify::event::ModifyKind;
 use notify::{EventKind, RecommendedWatcher, Watcher};
 use std::collections::{HashMap, HashSet};
@@ -16,7 +17,7 @@ use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::task::{Context, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -26,6 +27,8 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 pub(crate) const PASS_BUDGET: usize = 256 * 1024;
 /// Size of the one read buffer shared by all files.
 const READ_BUF: usize = 64 * 1024;
+/// While blocked sending to a full pipeline, how often the stop token is checked.
+const SEND_STOP_CHECK: Duration = Duration::from_millis(50);
 /// Shortest sleep when idle, so a deadline that cannot be acted on yet does not spin.
 const MIN_WAIT: Duration = Duration::from_millis(10);
 /// Change notifications trigger a rescan at most this often.
@@ -58,7 +61,7 @@ pub(crate) struct ReadLoop {
     files: Vec<TailedFile>,
     /// Index into `files` where the next pass starts, so every file gets to go first.
     rr_start: usize,
-    tx: SyncSender<Chunk>,
+    tx: crossbeam_channel::Sender<Chunk>,
     stop: CancellationToken,
     metrics: AgentMetrics,
     wake_rx: Receiver<()>,
@@ -80,7 +83,7 @@ impl ReadLoop {
     pub(crate) fn new(
         sources: Vec<SourceConfig>,
         checkpoints: Vec<Checkpoint>,
-        tx: SyncSender<Chunk>,
+        tx: crossbeam_channel::Sender<Chunk>,
         stop: CancellationToken,
         metrics: AgentMetrics,
     ) -> Result<Self, SourceError> {
@@ -416,18 +419,17 @@ impl ReadLoop {
     /// Blocks while the pipeline is full (that is the backpressure), but returns as soon
     /// as the stop token is cancelled.
     fn send(&self, mut chunk: Chunk) -> Result<(), Ended> {
-        let mut pause = Duration::from_millis(1);
         loop {
-            match self.tx.try_send(chunk) {
+            // Wakes the moment the pipeline takes a chunk; the timeout only bounds how long
+            // a stop can go unnoticed while the pipeline is not taking any.
+            match self.tx.send_timeout(chunk, SEND_STOP_CHECK) {
                 Ok(()) => return Ok(()),
-                Err(TrySendError::Disconnected(_)) => return Err(Ended::ReceiverGone),
-                Err(TrySendError::Full(c)) => {
+                Err(SendTimeoutError::Disconnected(_)) => return Err(Ended::ReceiverGone),
+                Err(SendTimeoutError::Timeout(c)) => {
                     chunk = c;
                     if self.stop.is_cancelled() {
                         return Err(Ended::Stopped);
                     }
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(20));
                 }
             }
         }

@@ -4,12 +4,12 @@
 use super::*;
 use crate::config::{Format, SourceConfig};
 use crate::telemetry::AgentMetrics;
+use crossbeam_channel::{bounded as sync_channel, Receiver, RecvTimeoutError};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
