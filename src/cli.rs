@@ -237,8 +237,9 @@ fn redact_stdio(redactor: &Redactor) -> anyhow::Result<()> {
                 line.pop();
             }
         }
-        let (text, _) = crate::pipeline::record::decode_line(&line);
-        out.write_all(redactor.redact(&text, &mut counts).as_bytes())?;
+        let (body, _) =
+            crate::pipeline::record::redact_line(&line, |t| redactor.redact(t, &mut counts));
+        out.write_all(body.as_bytes())?;
         out.write_all(b"\n")?;
         counts.clear();
     }

@@ -306,7 +306,14 @@ impl AgentConfig {
             }
         }
         if let Err(e) = crate::redact::Redactor::from_config(&self.redact) {
-            return Err(src.error("redact", e.to_string()));
+            let key = match &e {
+                crate::redact::RedactError::UnknownDetector(_) => "redact.detectors".to_string(),
+                crate::redact::RedactError::BadPattern { index, .. }
+                | crate::redact::RedactError::BadType { index, .. } => {
+                    format!("redact.rules.{index}")
+                }
+            };
+            return Err(src.error(&key, e.to_string()));
         }
         Ok(())
     }

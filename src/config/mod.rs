@@ -111,17 +111,43 @@ impl Source<'_> {
     }
 }
 
-/// The text of the key around `offset`, for parse errors that point at a value.
+/// The dotted key around `offset` (`sink.batch_max_wait`, `sources.1.include`), for parse
+/// errors that point at a key or a value: the key on that line, prefixed by the table
+/// header above it.
 fn key_at(text: &str, offset: usize) -> String {
-    let start = text[..offset.min(text.len())]
-        .rfind('\n')
-        .map(|i| i + 1)
-        .unwrap_or(0);
-    let line = &text[start..];
-    let line = line.split('\n').next().unwrap_or("");
-    match line.split_once('=') {
-        Some((k, _)) => k.trim().to_string(),
-        None => line.trim().to_string(),
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line = text[start..].split('\n').next().unwrap_or("");
+    let trimmed = line.trim();
+    if trimmed.starts_with('[') {
+        return trimmed
+            .trim_matches(|c| c == '[' || c == ']')
+            .trim()
+            .to_string();
+    }
+    let key = match line.split_once('=') {
+        Some((k, _)) => k.trim(),
+        None => trimmed,
+    };
+    // The nearest table header above, and for arrays of tables which entry it is.
+    let before = &text[..start];
+    let header = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['));
+    match header {
+        Some(h) if h.starts_with("[[") => {
+            let name = h.trim_matches(|c| c == '[' || c == ']').trim();
+            let index = before
+                .lines()
+                .filter(|l| l.trim() == h)
+                .count()
+                .saturating_sub(1);
+            format!("{name}.{index}.{key}")
+        }
+        Some(h) => format!("{}.{key}", h.trim_matches(|c| c == '[' || c == ']').trim()),
+        None => key.to_string(),
     }
 }
 
@@ -155,8 +181,10 @@ mod tests {
 
     #[test]
     fn key_at_finds_the_key_of_a_line() {
-        let text = "[sink]\nurl = \"x\"\nbatch_max_wait = \"soon\"\n";
+        let text = "[sink]\nurl = \"x\"\nbatch_max_wait = \"soon\"\n[[sources]]\nname = 1\n[[sources]]\nname = 2\n";
         let off = text.find("soon").unwrap();
-        assert_eq!(key_at(text, off), "batch_max_wait");
+        assert_eq!(key_at(text, off), "sink.batch_max_wait");
+        let off = text.find("name = 2").unwrap();
+        assert_eq!(key_at(text, off), "sources.1.name");
     }
 }

@@ -192,7 +192,10 @@ impl Pipeline {
         prefix.extend_from_slice(b",\"stream\":\"");
         prefix.extend_from_slice(DEFAULT_STREAM.as_bytes());
         prefix.extend_from_slice(b"\",\"path\":");
-        record::push_json_str(&mut prefix, &chunk.path.to_string_lossy());
+        // File names can hold PII too (per-customer exports): the path is redacted like a line.
+        let path = chunk.path.to_string_lossy();
+        let path = self.redactor.redact(&path, &mut Counts::default());
+        record::push_json_str(&mut prefix, &path);
         prefix.extend_from_slice(b",\"offset\":");
         let format = info.format;
 
@@ -202,8 +205,9 @@ impl Pipeline {
         for line in &chunk.lines {
             rec.clear();
             line_counts.clear();
-            let (text, escaped) = record::decode_line(&line.bytes);
-            let body = self.redactor.redact(&text, &mut line_counts);
+            let redactor = &self.redactor;
+            let (body, escaped) =
+                record::redact_line(&line.bytes, |t| redactor.redact(t, &mut line_counts));
             rec.extend_from_slice(&prefix);
             rec.extend_from_slice(itoa_u64(line.offset).as_bytes());
             rec.extend_from_slice(b",\"timestamp\":\"");

@@ -38,6 +38,35 @@ pub fn decode_line(bytes: &[u8]) -> (Cow<'_, str>, bool) {
     }
 }
 
+/// Decodes and redacts a line. Valid UTF-8 is redacted as one text. Otherwise each valid
+/// stretch between invalid bytes is redacted on its own (an invalid byte separates values
+/// like a space would), then escaped as [`decode_line`] does — so an escape's hex digits
+/// never glue onto a value and hide it, and the redacted body still unescapes exactly.
+pub fn redact_line<'a>(
+    bytes: &'a [u8],
+    mut redact: impl FnMut(&'a str) -> Cow<'a, str>,
+) -> (Cow<'a, str>, bool) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (redact(s), false),
+        Err(_) => {
+            let mut out = String::with_capacity(bytes.len() + 16);
+            for chunk in bytes.utf8_chunks() {
+                for c in redact(chunk.valid()).chars() {
+                    if c == '\\' {
+                        out.push_str("\\\\");
+                    } else {
+                        out.push(c);
+                    }
+                }
+                for b in chunk.invalid() {
+                    out.push_str(&format!("\\x{b:02X}"));
+                }
+            }
+            (Cow::Owned(out), true)
+        }
+    }
+}
+
 /// Reverses [`decode_line`] for an escaped body.
 pub fn unescape_body(text: &str) -> Vec<u8> {
     let b = text.as_bytes();
@@ -77,6 +106,22 @@ mod tests {
     fn valid_utf8_is_untouched() {
         let (s, esc) = decode_line("héllo \\ world".as_bytes());
         assert_eq!((s.as_ref(), esc), ("héllo \\ world", false));
+    }
+
+    #[test]
+    fn values_next_to_invalid_bytes_are_redacted_and_the_body_still_unescapes() {
+        let red = crate::redact::Redactor::defaults();
+        let mut counts = crate::redact::Counts::default();
+        let raw = b"N\xb04111111111111111 mail\xa0jane@example.com IP\xa0192.168.1.20 \\ end";
+        let (body, escaped) = redact_line(raw, |t| red.redact(t, &mut counts));
+        assert!(escaped);
+        assert_eq!(
+            body,
+            "N\\xB0[REDACTED:card] mail\\xA0[REDACTED:email] IP\\xA0[REDACTED:ipv4] \\\\ end"
+        );
+        let back = unescape_body(&body);
+        assert!(back.starts_with(b"N\xb0[REDACTED:card]"));
+        assert!(back.ends_with(b" \\ end"));
     }
 
     #[test]

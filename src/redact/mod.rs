@@ -127,6 +127,13 @@ impl Redactor {
                 kind: rule.kind.clone(),
                 error: e.to_string(),
             })?;
+            if regex.is_match("") {
+                return Err(RedactError::BadPattern {
+                    index,
+                    kind: rule.kind.clone(),
+                    error: "the pattern matches the empty string".into(),
+                });
+            }
             detectors.push(Detector {
                 kind: rule.kind.clone(),
                 regex,
@@ -164,9 +171,22 @@ impl Redactor {
         let mut found: Vec<(usize, usize, usize)> = Vec::new();
         for idx in hits.iter() {
             let d = &self.detectors[idx];
-            for m in d.regex.find_iter(text) {
-                if let Some((s, e)) = (d.validate)(text, m.start(), m.end()) {
-                    found.push((s, e, idx));
+            // Resume after an accepted span, not after the candidate: a validator may
+            // narrow a candidate, and what it left out may hold another finding.
+            let mut pos = 0;
+            while let Some(m) = d.regex.find_at(text, pos) {
+                match (d.validate)(text, m.start(), m.end()) {
+                    Some((s, e)) => {
+                        found.push((s, e, idx));
+                        pos = e.max(m.start() + 1);
+                    }
+                    None => pos = m.end().max(m.start() + 1),
+                }
+                if pos > text.len() {
+                    break;
+                }
+                while !text.is_char_boundary(pos) {
+                    pos += 1;
                 }
             }
         }
@@ -192,6 +212,15 @@ impl Redactor {
     }
 }
 
+/// A path for the agent's own log lines, with the built-in detectors applied: file names
+/// can hold PII (per-customer exports), and the agent's logs must not.
+pub fn safe_path(path: &std::path::Path) -> String {
+    static DEFAULTS: std::sync::OnceLock<Redactor> = std::sync::OnceLock::new();
+    let red = DEFAULTS.get_or_init(Redactor::defaults);
+    red.redact(&path.to_string_lossy(), &mut Counts::default())
+        .into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +239,20 @@ mod tests {
         );
         assert_eq!(r("card 4111 1111 1111 1111 ok"), "card [REDACTED:card] ok");
         assert_eq!(r("card 4111-1111-1111-1111"), "card [REDACTED:card]");
+        assert_eq!(r("qty 2 4111 1111 1111 1111"), "qty 2 [REDACTED:card]");
+        assert_eq!(r("n 12 4111111111111111"), "n 12 [REDACTED:card]");
+        assert_eq!(
+            r("order 1234 4111-1111-1111-1111 ok"),
+            "order 1234 [REDACTED:card] ok"
+        );
+        assert_eq!(
+            r("cards 4111111111111111 5500000000000004"),
+            "cards [REDACTED:card] [REDACTED:card]"
+        );
+        assert_eq!(
+            r("cc 4111 1111 1111 1111 5500 0000 0000 0004"),
+            "cc [REDACTED:card] [REDACTED:card]"
+        );
         assert_eq!(r("tel +14155550123."), "tel [REDACTED:phone].");
         assert_eq!(r("from 10.61.43.43:22"), "from [REDACTED:ipv4]:22");
         assert_eq!(r("ssn 641-31-9853"), "ssn [REDACTED:ssn]");

@@ -56,38 +56,80 @@ pub fn luhn(digits: &[u8]) -> bool {
     sum % 10 == 0
 }
 
-/// 13–19 digits with optional single spaces or dashes, Luhn-valid. A greedy candidate
-/// that fails is narrowed group by group from the right (`4111 1111 1111 1111 2024`).
+/// 13–19 digits with optional single spaces or dashes, Luhn-valid. The candidate is a
+/// run of digit groups; every group-aligned window of it is tried, longest and leftmost
+/// first, so a number glued before a card (`qty 2 4111 1111 1111 1111`) or a second card
+/// after it does not hide it. The engine resumes scanning at the end of the span returned.
 pub fn card(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
-    if byte_before(text, start).is_some_and(|b| is_word(b) || b == b'.' || b == b'-') {
-        return None;
-    }
+    let bytes = text.as_bytes();
+    // The regex stops at 19 digits; take the whole run of digit groups it began, so a card
+    // that ends past that point is seen whole. Bounded, so a huge digit run stays cheap.
     let mut end = end;
-    loop {
-        let cand = &text.as_bytes()[start..end];
-        let digits: Vec<u8> = cand.iter().copied().filter(u8::is_ascii_digit).collect();
-        if digits.len() < 13 {
-            return None;
-        }
-        let seps: Vec<u8> = cand
-            .iter()
-            .copied()
-            .filter(|b| !b.is_ascii_digit())
-            .collect();
-        let consistent = seps.windows(2).all(|w| w[0] == w[1]);
-        let glued = byte_at(text, end).is_some_and(is_word);
-        let decimal = byte_at(text, end) == Some(b'.')
-            && byte_at(text, end + 1).is_some_and(|b| b.is_ascii_digit());
-        let tail_ok = !glued && !decimal;
-        if digits.len() <= 19 && consistent && tail_ok && luhn(&digits) {
-            return Some((start, end));
-        }
-        // Narrow to the previous separator, if any.
-        match cand.iter().rposition(|b| !b.is_ascii_digit()) {
-            Some(p) => end = start + p,
-            None => return None,
+    let limit = (start + MAX_CARD_RUN).min(bytes.len());
+    while end < limit {
+        let b = bytes[end];
+        let sep_then_digit =
+            (b == b' ' || b == b'-') && bytes.get(end + 1).is_some_and(u8::is_ascii_digit);
+        if b.is_ascii_digit() {
+            end += 1;
+        } else if sep_then_digit {
+            end += 2;
+        } else {
+            break;
         }
     }
+    // Group boundaries: (start, end) of each digit group in the candidate.
+    let mut groups = Vec::new();
+    let mut i = start;
+    while i < end {
+        let g = i;
+        while i < end && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        groups.push((g, i));
+        i += 1; // the separator
+    }
+    let n = groups.len();
+    for len in (1..=n).rev() {
+        for first in 0..=n - len {
+            let (s, e) = (groups[first].0, groups[first + len - 1].1);
+            if card_window(text, s, e) {
+                return Some((s, e));
+            }
+        }
+    }
+    None
+}
+
+/// Longest run of digit groups examined for cards at once.
+const MAX_CARD_RUN: usize = 256;
+
+fn card_window(text: &str, start: usize, end: usize) -> bool {
+    let cand = &text.as_bytes()[start..end];
+    let digits: Vec<u8> = cand.iter().copied().filter(u8::is_ascii_digit).collect();
+    if !(13..=19).contains(&digits.len()) {
+        return false;
+    }
+    let mut seps = cand.iter().filter(|b| !b.is_ascii_digit());
+    let consistent = match seps.next() {
+        Some(first) => seps.all(|b| b == first),
+        None => true,
+    };
+    let glued_before = byte_before(text, start)
+        .is_some_and(|b| is_word(b) || b == b'.' || (b == b'-' && digit_before(text, start - 1)));
+    let glued = byte_at(text, end).is_some_and(is_word);
+    let decimal = byte_at(text, end) == Some(b'.')
+        && byte_at(text, end + 1).is_some_and(|b| b.is_ascii_digit());
+    // A dash-joined run continuing past the window (`1234-5678-...-99`) is one number.
+    let dash_after = byte_at(text, end) == Some(b'-')
+        && byte_at(text, end + 1).is_some_and(|b| b.is_ascii_digit())
+        && cand.contains(&b'-');
+    consistent && !glued_before && !glued && !decimal && !dash_after && luhn(&digits)
+}
+
+/// Whether the byte before `i` is an ASCII digit.
+fn digit_before(text: &str, i: usize) -> bool {
+    byte_before(text, i).is_some_and(|b| b.is_ascii_digit())
 }
 
 pub fn ssn(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {

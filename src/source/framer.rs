@@ -198,22 +198,26 @@ impl Framer {
     }
 }
 
-/// Where to cut `bytes` (longer than `max`) so the first part has at most `max` bytes:
-/// just after the last space or tab within the final [`WORD_CUT_WINDOW`] bytes before the
-/// limit that does not sit between two digits; else at the last UTF-8 character boundary
-/// at or before the limit; else (not UTF-8) at the limit. Always in `1..=max`.
+/// Where to cut `bytes` (longer than `max`) so the first part has at most `max` bytes.
+/// Each part is redacted on its own, so a cut must not fall inside a value (an address, a
+/// card number): within the final [`WORD_CUT_WINDOW`] bytes before the limit, cut after the
+/// last space or tab that is not between two digits; else after the last other delimiter
+/// (a byte that cannot be part of an e-mail, number, IP address or token); only when the
+/// window holds neither, at the last UTF-8 character boundary (else at the limit).
+/// Always in `1..=max`.
 pub(crate) fn cut_point(bytes: &[u8], max: usize) -> usize {
     debug_assert!(bytes.len() > max && max > 0);
     let floor = max.saturating_sub(WORD_CUT_WINDOW);
+    let between_digits =
+        |i: usize| i > 0 && bytes[i - 1].is_ascii_digit() && bytes[i + 1].is_ascii_digit();
     // A cut after index i yields a first part of i + 1 bytes, so i ranges over floor..max.
     for i in (floor..max).rev() {
-        let b = bytes[i];
-        if b != b' ' && b != b'\t' {
-            continue;
+        if (bytes[i] == b' ' || bytes[i] == b'\t') && !between_digits(i) {
+            return i + 1;
         }
-        let between_digits =
-            i > 0 && bytes[i - 1].is_ascii_digit() && bytes[i + 1].is_ascii_digit();
-        if !between_digits {
+    }
+    for i in (floor..max).rev() {
+        if !is_value_byte(bytes[i]) && !between_digits(i) {
             return i + 1;
         }
     }
@@ -226,9 +230,34 @@ pub(crate) fn cut_point(bytes: &[u8], max: usize) -> usize {
     max
 }
 
+/// Bytes that can be part of a value a detector looks for (e-mail, card, phone, IP
+/// address, key, token); non-ASCII counts too, for names and addresses.
+fn is_value_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'@' | b'.' | b'+' | b'-' | b'_' | b'%' | b':' | b'/' | b'='
+        )
+        || b >= 0x80
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cuts_never_fall_inside_a_value_when_a_delimiter_is_near() {
+        // No space near the limit: the cut goes after the `;`, not inside the card number.
+        let mut line = "a".repeat(240).into_bytes();
+        line.extend_from_slice(b";4111111111111111,jane.doe@example.com");
+        line.extend_from_slice(&[b'b'; 100]);
+        assert_eq!(cut_point(&line, 256), 241);
+        // A spaced card number is not cut between its groups.
+        let mut line = "c".repeat(240).into_bytes();
+        line.extend_from_slice(b" 4111 1111 1111 1111");
+        line.extend_from_slice(&[b'd'; 100]);
+        assert_eq!(cut_point(&line, 256), 241);
+    }
 
     fn frame(max: usize, start: u64, inputs: &[&[u8]]) -> (Vec<Line>, Framer) {
         let mut f = Framer::new(max, start);
