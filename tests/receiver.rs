@@ -323,6 +323,7 @@ impl Store {
             .path()
             .join(&host.id)
             .join(&host.stream)
+            .join(logveil::archive::today())
             .join(hex::encode(host.chain_id))
             .join(format!("{seq:020}.lvb"))
     }
@@ -508,6 +509,7 @@ async fn chain_state_survives_a_restart() {
     let leftover = archive
         .path()
         .join("web-1/default")
+        .join(logveil::archive::today())
         .join(hex::encode(host.chain_id))
         .join(".tmp-2-00000000deadbeef");
     std::fs::write(&leftover, b"half a batch").unwrap();
