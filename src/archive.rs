@@ -5,20 +5,23 @@
 //! startup scan. It never writes.
 //!
 //! ```text
-//! <archive_dir>/<host_id>/<stream>/<chain_id hex>/<seq, 20 digits zero-padded>.lvb
+//! <archive_dir>/<host_id>/<stream>/<day YYYY-MM-DD>/<chain_id hex>/<seq, 20 digits>.lvb
+//! <archive_dir>/.custody/                       the custody ledger (crate::custody)
 //! ```
 //! - `host_id` and `stream` are safe identifiers (`crate::envelope::is_safe_identifier`);
-//!   `chain_id hex` is 32 lowercase hex digits.
+//!   `chain_id hex` is 32 lowercase hex digits; `day` is the UTC day, by the store's clock,
+//!   on which the store wrote the batch. Retention (per stream) removes whole day
+//!   directories; a chain continues across days.
 //! - Each `.lvb` file holds the exact bytes of one envelope, as received; its name is the seq
 //!   of the envelope it holds, so names sort in chain order. Files are mode 0440, directories
-//!   0750, and a stored file is never rewritten.
+//!   0750, and a stored file is never rewritten. A seq is stored in exactly one day.
 //! - Names starting with [`TEMP_PREFIX`] inside a chain directory are writes in progress (or
 //!   interrupted by a crash). They are not part of the archive; the receiver removes them at
 //!   startup.
 //! - Anything else is unexpected: [`list`] reports it rather than skipping it silently.
 //!
-//! Order: hosts, streams and chains by name (bytewise), batches by seq. Every walk of the
-//! same archive yields the same sequence.
+//! Order: hosts, streams and chains by name (bytewise), batches by seq (then day). Every
+//! walk of the same archive yields the same sequence.
 
 use crate::envelope::{is_safe_identifier, DecodeError, Envelope, Kind, PayloadError};
 use std::io::Write;
@@ -28,6 +31,8 @@ use std::path::{Path, PathBuf};
 pub const BATCH_EXT: &str = "lvb";
 /// Prefix of temporary files inside a chain directory (never a valid identifier or seq name).
 pub const TEMP_PREFIX: &str = ".tmp-";
+/// The custody directory at the archive root (the ledger, `crate::custody`); never a host id.
+pub const CUSTODY_DIR: &str = ".custody";
 const SEQ_DIGITS: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,14 +67,77 @@ pub fn parse_batch_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// The directory of one chain.
-pub fn chain_dir(root: &Path, host: &str, stream: &str, chain_id: &[u8; 16]) -> PathBuf {
-    root.join(host).join(stream).join(hex::encode(chain_id))
+/// The directory of one chain's batches written on `day` (`YYYY-MM-DD`, UTC).
+pub fn chain_dir(root: &Path, host: &str, stream: &str, day: &str, chain_id: &[u8; 16]) -> PathBuf {
+    root.join(host)
+        .join(stream)
+        .join(day)
+        .join(hex::encode(chain_id))
 }
 
-/// The file holding the batch `seq` of a chain.
-pub fn batch_path(root: &Path, host: &str, stream: &str, chain_id: &[u8; 16], seq: u64) -> PathBuf {
-    chain_dir(root, host, stream, chain_id).join(batch_file_name(seq))
+/// The file holding the batch `seq` of a chain, written on `day`.
+pub fn batch_path(
+    root: &Path,
+    host: &str,
+    stream: &str,
+    day: &str,
+    chain_id: &[u8; 16],
+    seq: u64,
+) -> PathBuf {
+    chain_dir(root, host, stream, day, chain_id).join(batch_file_name(seq))
+}
+
+/// The UTC day (`YYYY-MM-DD`) of a Unix time in seconds.
+pub fn day_of(unix_secs: i64) -> String {
+    let days = unix_secs.div_euclid(86_400);
+    // Civil-from-days (proleptic Gregorian), after Howard Hinnant's public-domain algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Unix seconds at the start of a UTC day `YYYY-MM-DD`; `None` for any other name.
+pub fn parse_day(name: &str) -> Option<i64> {
+    let b = name.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let s = &name[r];
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
+    };
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Days from civil (the inverse of `day_of`).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let secs = (era * 146_097 + doe - 719_468) * 86_400;
+    // Reject names like 2024-02-31 that do not round-trip.
+    (day_of(secs) == name).then_some(secs)
+}
+
+/// Today's UTC day by the system clock.
+pub fn today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    day_of(secs)
 }
 
 fn parse_chain_dir_name(name: &str) -> Option<[u8; 16]> {
@@ -79,17 +147,40 @@ fn parse_chain_dir_name(name: &str) -> Option<[u8; 16]> {
     hex::decode(name).ok()?.try_into().ok()
 }
 
-/// One chain directory and what it holds, without reading any file.
+/// One archived batch file, by name only.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BatchFile {
+    /// The seq the file name says.
+    pub seq: u64,
+    /// The day directory it sits in.
+    pub day: String,
+    pub path: PathBuf,
+}
+
+/// One chain (across all its day directories) and what it holds, without reading any file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainListing {
     pub host: String,
     pub stream: String,
     pub chain_id: [u8; 16],
-    pub dir: PathBuf,
-    /// `(seq from the file name, path)`, ascending by seq.
-    pub batches: Vec<(u64, PathBuf)>,
+    /// The chain's directories, one per day it received batches, ascending by day.
+    pub dirs: Vec<PathBuf>,
+    /// Ascending by (seq, day): a seq present in two days appears twice.
+    pub batches: Vec<BatchFile>,
     /// Temporary files of interrupted or in-progress writes.
     pub temp_files: Vec<PathBuf>,
+}
+
+impl ChainListing {
+    /// `host/stream/chain` for messages.
+    pub fn label(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.host,
+            self.stream,
+            hex::encode(self.chain_id)
+        )
+    }
 }
 
 /// The whole archive, without reading any file.
@@ -112,42 +203,56 @@ impl Listing {
     }
 }
 
-/// Lists the archive under `root`. Errors only when a directory cannot be read.
+/// Lists the archive under `root`. Errors only when a directory cannot be read. The custody
+/// directory ([`CUSTODY_DIR`]) at the root is not part of the batch layout and is skipped.
 pub fn list(root: &Path) -> Result<Listing, ArchiveError> {
     let mut listing = Listing::default();
-    for (host, host_dir) in subdirs(root, &mut listing.unexpected, |n| {
+    let mut unexpected = Vec::new();
+    for (host, host_dir) in subdirs(root, &mut unexpected, |n| {
         is_safe_identifier(n).then_some(())
     })? {
         let host = host.0;
-        for (stream, stream_dir) in subdirs(&host_dir, &mut listing.unexpected, |n| {
+        for (stream, stream_dir) in subdirs(&host_dir, &mut unexpected, |n| {
             is_safe_identifier(n).then_some(())
         })? {
             let stream = stream.0;
-            for ((_, chain_id), dir) in
-                subdirs(&stream_dir, &mut listing.unexpected, parse_chain_dir_name)?
-            {
-                let mut chain = ChainListing {
-                    host: host.clone(),
-                    stream: stream.clone(),
-                    chain_id,
-                    dir: dir.clone(),
-                    batches: Vec::new(),
-                    temp_files: Vec::new(),
-                };
-                for (name, path, is_file) in entries(&dir)? {
-                    match parse_batch_file_name(&name) {
-                        Some(seq) if is_file => chain.batches.push((seq, path)),
-                        _ if is_file && name.starts_with(TEMP_PREFIX) => {
-                            chain.temp_files.push(path)
+            let mut chains: std::collections::BTreeMap<[u8; 16], ChainListing> = Default::default();
+            for ((day, _), day_dir) in subdirs(&stream_dir, &mut unexpected, parse_day)? {
+                for ((_, chain_id), dir) in
+                    subdirs(&day_dir, &mut unexpected, parse_chain_dir_name)?
+                {
+                    let chain = chains.entry(chain_id).or_insert_with(|| ChainListing {
+                        host: host.clone(),
+                        stream: stream.clone(),
+                        chain_id,
+                        dirs: Vec::new(),
+                        batches: Vec::new(),
+                        temp_files: Vec::new(),
+                    });
+                    chain.dirs.push(dir.clone());
+                    for (name, path, is_file) in entries(&dir)? {
+                        match parse_batch_file_name(&name) {
+                            Some(seq) if is_file => chain.batches.push(BatchFile {
+                                seq,
+                                day: day.clone(),
+                                path,
+                            }),
+                            _ if is_file && name.starts_with(TEMP_PREFIX) => {
+                                chain.temp_files.push(path)
+                            }
+                            _ => unexpected.push(path),
                         }
-                        _ => listing.unexpected.push(path),
                     }
                 }
+            }
+            for (_, mut chain) in chains {
                 chain.batches.sort();
                 listing.chains.push(chain);
             }
         }
     }
+    let custody = root.join(CUSTODY_DIR);
+    listing.unexpected = unexpected.into_iter().filter(|p| *p != custody).collect();
     Ok(listing)
 }
 
@@ -213,7 +318,7 @@ impl<'a> Iterator for Batches<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             let chain = self.listing.chains.get(self.chain)?;
-            let Some((seq, path)) = chain.batches.get(self.batch) else {
+            let Some(BatchFile { seq, path, .. }) = chain.batches.get(self.batch) else {
                 self.chain += 1;
                 self.batch = 0;
                 continue;
@@ -327,7 +432,7 @@ mod tests {
         let listing = list(root).unwrap();
         let hosts: Vec<_> = listing.chains.iter().map(|c| c.host.as_str()).collect();
         assert_eq!(hosts, ["web-1", "web-2"]);
-        let seqs: Vec<u64> = listing.chains[0].batches.iter().map(|b| b.0).collect();
+        let seqs: Vec<u64> = listing.chains[0].batches.iter().map(|b| b.seq).collect();
         assert_eq!(seqs, (1..=11).collect::<Vec<_>>());
         assert_eq!(listing.chains[0].temp_files.len(), 1);
         let mut stray: Vec<_> = listing

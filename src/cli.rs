@@ -27,10 +27,13 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write an Ed25519 key pair: DIR/agent.key (0600) and DIR/agent.pub.
+    /// Write an Ed25519 key pair: DIR/agent.key (0600) and DIR/agent.pub (`--name store`
+    /// for the central store's ledger key: store.key and store.pub).
     Keygen {
         #[arg(long)]
         out: PathBuf,
+        #[arg(long, default_value = "agent")]
+        name: String,
     },
     /// Run the agent: tail, redact, buffer, ship.
     Run {
@@ -52,12 +55,24 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Verify an archive: signatures, payload hashes, sequences and hash chains.
+    /// Verify an archive: signatures, payload hashes, sequences and hash chains, and the
+    /// custody ledger and its agreement with the archive.
     Verify {
         #[arg(long)]
         archive: PathBuf,
+        /// The trusted keys directory (hosts' public keys).
         #[arg(long)]
         keys: PathBuf,
+        /// The store's public key (store.pub): the ledger must exist and be signed by it.
+        #[arg(long)]
+        store_key: Option<PathBuf>,
+        /// Record this run in the ledger, signing with the store's secret key (on the store's
+        /// host, as the store's user).
+        #[arg(long, requires = "who")]
+        record_with: Option<PathBuf>,
+        /// Who runs the verification (recorded with --record-with).
+        #[arg(long)]
+        who: Option<String>,
     },
     /// Read an archive.
     Archive {
@@ -141,9 +156,12 @@ fn load_agent(path: &std::path::Path) -> anyhow::Result<AgentConfig> {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Keygen { out } => {
+        Command::Keygen { out, name } => {
+            if !envelope::is_safe_identifier(&name) {
+                bail!("--name must be letters, digits, '.', '_' or '-', not starting with '.'");
+            }
             let key = keys::generate();
-            let (secret, public) = keys::write_pair(&out, &key)?;
+            let (secret, public) = keys::write_named_pair(&out, &name, &key)?;
             println!(
                 "wrote {} and {} (key id {})",
                 secret.display(),
@@ -198,9 +216,31 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             redact_stdio(&redactor)?;
         }
-        Command::Verify { archive, keys } => {
-            let report = crate::verify::verify(&archive, &keys);
+        Command::Verify {
+            archive,
+            keys,
+            store_key,
+            record_with,
+            who,
+        } => {
+            let store_key = store_key
+                .map(|p| keys::load_verifying_key(&p))
+                .transpose()?;
+            let report = crate::verify::verify_with(&archive, &keys, store_key.as_ref());
             println!("{report}");
+            if let (Some(secret), Some(who)) = (record_with, who) {
+                let n = crate::custody::append_local(
+                    &archive,
+                    &secret,
+                    crate::custody::Event::Verified {
+                        who,
+                        problems: report.problems.len() as u64,
+                        batches: report.batches + report.tombstones,
+                        ledger_entries: report.ledger_entries.unwrap_or(0),
+                    },
+                )?;
+                println!("recorded as custody ledger entry {n}");
+            }
             if !report.problems.is_empty() {
                 return Ok(ExitCode::from(1));
             }

@@ -12,6 +12,7 @@ pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod crash;
+pub mod custody;
 pub mod envelope;
 pub mod pipeline;
 pub mod receive;

@@ -1,32 +1,48 @@
-//! Offline verification of an archive (`logveil verify --archive DIR --keys DIR`).
+//! Offline verification of an archive (`logveil verify --archive DIR --keys DIR
+//! [--store-key store.pub]`).
 //!
-//! Needs only the archive and the hosts' public keys (`<keys>/<host>.pub`). For every chain
-//! directory, in archive order, it checks that:
+//! Needs only the archive (with its custody ledger, `.custody/ledger.jsonl`), the hosts'
+//! public keys (the trusted keys directory, revoked keys included: what they signed before
+//! revocation stays verifiable) and, for the ledger, the store's public key. It works on a
+//! copy. For every chain, in archive order, it checks that:
 //! - every entry is part of the layout (stray files, bad names and leftover temp files are
 //!   problems);
 //! - each file decodes, its name is the seq in its header, and the header's host, stream and
 //!   chain id are the directories it sits in (so a batch renamed to another seq, or replayed
 //!   as a copy elsewhere, is caught);
-//! - the host's key exists and each envelope's key id, signature and payload hash hold (so
-//!   any changed byte of any file is caught);
+//! - the key id names one of the host's enrolled keys and the signature and payload hash
+//!   hold (so any changed byte of any file is caught);
 //! - seqs run 1, 2, 3, … with no hole (a batch deleted from the middle is caught), seq 1
 //!   starts from the genesis hash and each `prev_hash` is the previous envelope's link;
 //! - the payload decompresses to the declared length with the declared number of records,
 //!   by the receiver's own rules (`crate::receive::validate::check_payload`).
 //!
-//! Not detectable here: deleting the newest batch(es) of a chain, or a whole chain, leaves a
-//! shorter archive that is still internally consistent. Catching that needs the signed
-//! custody ledger of every write (a later issue).
+//! With a ledger, also:
+//! - the ledger's own format, numbering, hash chain and signatures (`crate::custody::read`):
+//!   an edited, removed or reordered entry is reported with its line;
+//! - every archived batch has an `accepted` entry with the same day and envelope SHA-256,
+//!   and every `accepted` entry's batch is in the archive unless a `retention_deleted`
+//!   entry covers it — so deleting the newest batch, a chain's tail, or a whole chain is
+//!   caught, and so is a batch slipped in that the store never accepted;
+//! - a hole in a chain is allowed only where the ledger holds a `gap` entry whose statement
+//!   is signed by the host's key (then the next batch must link to the declared link), or
+//!   where retention removed the older batches (then the first remaining batch must link to
+//!   the head the ledger recorded for the seq before it).
+//!
+//! Not detectable: removing the ledger's newest entries together with the archive's newest
+//! batches they describe, by someone holding the store's key. An auditor who writes down
+//! the ledger head (printed by every run) closes that: a later head must extend it.
 //!
 //! Counts: `hosts` and `chains` that hold at least one batch file, `batches` data envelopes
 //! and `tombstones` tombstone envelopes that decoded, `records` the records of the data
 //! envelopes that passed every check.
 
 use crate::archive::{self, ChainListing};
+use crate::custody::{self, Event};
 use crate::envelope::{keys, Envelope, Hash, Kind, GENESIS_PREV_HASH};
 use crate::receive::validate::check_payload;
 use ed25519_dalek::VerifyingKey;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::Path;
 
@@ -38,6 +54,10 @@ pub struct Report {
     pub batches: u64,
     pub tombstones: u64,
     pub records: u64,
+    /// Entries of the custody ledger, when there is one.
+    pub ledger_entries: Option<u64>,
+    /// `(n, hash)` of the ledger's last entry.
+    pub ledger_head: Option<(u64, Hash)>,
     /// One line each, naming the file or directory.
     pub problems: Vec<String>,
 }
@@ -50,16 +70,18 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
+        write!(
             f,
-            "hosts: {}, chains: {}, batches: {}, tombstones: {}, records: {}, problems: {}",
-            self.hosts,
-            self.chains,
-            self.batches,
-            self.tombstones,
-            self.records,
-            self.problems.len()
+            "hosts: {}, chains: {}, batches: {}, tombstones: {}, records: {}, ",
+            self.hosts, self.chains, self.batches, self.tombstones, self.records,
         )?;
+        if let Some(n) = self.ledger_entries {
+            write!(f, "ledger entries: {n}, ")?;
+        }
+        writeln!(f, "problems: {}", self.problems.len())?;
+        if let Some((n, hash)) = self.ledger_head {
+            writeln!(f, "ledger head: entry {n} sha256 {}", hex::encode(hash))?;
+        }
         for p in &self.problems {
             writeln!(f, "{p}")?;
         }
@@ -67,8 +89,44 @@ impl fmt::Display for Report {
     }
 }
 
-/// Verifies the archive under `archive` against the public keys in `keys`.
+/// One `accepted` entry, as far as verify needs it.
+#[derive(Debug, Clone)]
+struct Recorded {
+    line: u64,
+    day: String,
+    sha256: String,
+    head_link: String,
+}
+
+/// What the ledger says about one chain.
+#[derive(Debug, Default)]
+struct LedgerChain {
+    accepted: BTreeMap<u64, Recorded>,
+    /// `(from, to, link, line)` of declared gaps whose statements verified.
+    gaps: Vec<(u64, u64, Hash, u64)>,
+    /// `(day, first, last)` removed by retention.
+    retained: Vec<(String, u64, u64)>,
+}
+
+impl LedgerChain {
+    fn retained_away(&self, seq: u64) -> bool {
+        self.retained
+            .iter()
+            .any(|(_, f, t)| (*f..=*t).contains(&seq))
+    }
+}
+
+type ChainId = (String, String, String);
+
+/// Verifies the archive under `archive` against the public keys in `keys`, and its ledger
+/// when there is one (whose signatures then need `store_key`, see [`verify_with`]).
 pub fn verify(archive: &Path, keys: &Path) -> Report {
+    verify_with(archive, keys, None)
+}
+
+/// [`verify`], checking the ledger's signatures against `store_key`. With a store key, a
+/// missing ledger is a problem.
+pub fn verify_with(archive: &Path, keys: &Path, store_key: Option<&VerifyingKey>) -> Report {
     let mut report = Report::default();
     let listing = match archive::list(archive) {
         Ok(l) => l,
@@ -83,8 +141,10 @@ pub fn verify(archive: &Path, keys: &Path) -> Report {
             path.display()
         ));
     }
-    let mut key_cache: HashMap<String, Option<VerifyingKey>> = HashMap::new();
+    let mut key_cache: HashMap<String, HashMap<String, VerifyingKey>> = HashMap::new();
+    let ledger = read_ledger(archive, keys, store_key, &mut key_cache, &mut report);
     let mut hosts = BTreeSet::new();
+    let mut seen = BTreeSet::new();
     for chain in &listing.chains {
         for tmp in &chain.temp_files {
             report.problems.push(format!(
@@ -97,52 +157,234 @@ pub fn verify(archive: &Path, keys: &Path) -> Report {
         }
         hosts.insert(chain.host.clone());
         report.chains += 1;
-        let key = *key_cache
+        let host_keys = key_cache
             .entry(chain.host.clone())
-            .or_insert_with(|| load_key(keys, &chain.host, &mut report.problems));
-        verify_chain(chain, key.as_ref(), &mut report);
+            .or_insert_with(|| load_keys(keys, &chain.host, &mut report.problems))
+            .clone();
+        let id = (
+            chain.host.clone(),
+            chain.stream.clone(),
+            hex::encode(chain.chain_id),
+        );
+        let lc = ledger.as_ref().map(|l| l.get(&id).unwrap_or(&EMPTY));
+        verify_chain(chain, &host_keys, lc, &mut report);
+        seen.insert(id);
+    }
+    // Chains the ledger knows that the archive no longer holds at all.
+    if let Some(ledger) = &ledger {
+        for (id, lc) in ledger {
+            if seen.contains(id) {
+                continue;
+            }
+            for (seq, rec) in &lc.accepted {
+                if !lc.retained_away(*seq) {
+                    report.problems.push(format!(
+                        "{}/{}/{}: seq {seq} recorded in the custody ledger (line {}) is missing from the archive",
+                        id.0, id.1, id.2, rec.line
+                    ));
+                }
+            }
+        }
     }
     report.hosts = hosts.len() as u64;
     report
 }
 
-fn load_key(keys: &Path, host: &str, problems: &mut Vec<String>) -> Option<VerifyingKey> {
-    let path = keys.join(format!("{host}.pub"));
-    match keys::load_verifying_key(&path) {
-        Ok(k) => Some(k),
+static EMPTY: LedgerChain = LedgerChain {
+    accepted: BTreeMap::new(),
+    gaps: Vec::new(),
+    retained: Vec::new(),
+};
+
+fn read_ledger(
+    archive: &Path,
+    keys: &Path,
+    store_key: Option<&VerifyingKey>,
+    key_cache: &mut HashMap<String, HashMap<String, VerifyingKey>>,
+    report: &mut Report,
+) -> Option<BTreeMap<ChainId, LedgerChain>> {
+    let path = custody::ledger_path(archive);
+    if !path.exists() {
+        if store_key.is_some() {
+            report
+                .problems
+                .push(format!("{}: the custody ledger is missing", path.display()));
+            return Some(BTreeMap::new());
+        }
+        return None;
+    }
+    let read = match custody::read(&path, store_key) {
+        Ok(r) => r,
+        Err(e) => {
+            report.problems.push(e.to_string());
+            return Some(BTreeMap::new());
+        }
+    };
+    report.problems.extend(read.problems);
+    report.ledger_entries = Some(read.entries.len() as u64);
+    report.ledger_head = read.head;
+    let p = path.display();
+    let mut out: BTreeMap<ChainId, LedgerChain> = BTreeMap::new();
+    let id = |c: &custody::ChainRef| (c.host.clone(), c.stream.clone(), c.chain.clone());
+    for (line, entry) in read.entries {
+        match entry.event {
+            Event::Accepted {
+                chain,
+                seq,
+                day,
+                envelope_sha256,
+                head_link,
+                ..
+            } => {
+                let rec = Recorded {
+                    line,
+                    day,
+                    sha256: envelope_sha256,
+                    head_link,
+                };
+                if let Some(first) = out.entry(id(&chain)).or_default().accepted.insert(seq, rec) {
+                    report.problems.push(format!(
+                        "{p}: line {line}: seq {seq} of {}/{}/{} was already accepted at line {}",
+                        chain.host, chain.stream, chain.chain, first.line
+                    ));
+                }
+            }
+            Event::Gap {
+                chain,
+                from,
+                to,
+                link,
+                key_id,
+                statement,
+                statement_sig,
+                ..
+            } => {
+                let host_keys = key_cache
+                    .entry(chain.host.clone())
+                    .or_insert_with(|| load_keys(keys, &chain.host, &mut report.problems));
+                let checked = crate::receive::gap::decode_parts(&statement, &statement_sig)
+                    .ok()
+                    .filter(|g| {
+                        let s = &g.statement;
+                        s.host == chain.host
+                            && s.stream == chain.stream
+                            && s.chain == chain.chain
+                            && (s.from, s.to) == (from, to)
+                            && s.link == link
+                            && s.key_id == key_id
+                            && host_keys.get(&key_id).is_some_and(|k| g.verify(k))
+                    });
+                match checked {
+                    Some(g) => out
+                        .entry(id(&chain))
+                        .or_default()
+                        .gaps
+                        .push((from, to, g.link, line)),
+                    None => report.problems.push(format!(
+                        "{p}: line {line}: the gap statement is not signed by an enrolled key of host {} or does not match the entry",
+                        chain.host
+                    )),
+                }
+            }
+            Event::RetentionDeleted {
+                chain,
+                day,
+                first_seq,
+                last_seq,
+                ..
+            } => out
+                .entry(id(&chain))
+                .or_default()
+                .retained
+                .push((day, first_seq, last_seq)),
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
+/// Every key of `host` by key id, revoked ones included.
+fn load_keys(keys: &Path, host: &str, problems: &mut Vec<String>) -> HashMap<String, VerifyingKey> {
+    match keys::trusted_keys(keys, host) {
+        Ok(list) if !list.is_empty() => list.into_iter().map(|k| (k.key_id, k.key)).collect(),
+        Ok(_) => {
+            problems.push(format!(
+                "host {host}: no enrolled key in {}, its batches cannot be authenticated",
+                keys.display()
+            ));
+            HashMap::new()
+        }
         Err(e) => {
             problems.push(format!(
                 "host {host}: no usable key, its batches cannot be authenticated: {e}"
             ));
-            None
+            HashMap::new()
         }
     }
 }
 
-fn verify_chain(chain: &ChainListing, key: Option<&VerifyingKey>, report: &mut Report) {
-    // The link of the previous seq, when that file was read and decoded.
+/// Whether seqs `from..=to` may be absent, and the link the batch after them must carry.
+enum Hole {
+    Problem,
+    Allowed(Option<Hash>),
+}
+
+fn explain_hole(lc: Option<&LedgerChain>, from: u64, to: u64) -> Hole {
+    let Some(lc) = lc else {
+        return Hole::Problem;
+    };
+    if let Some((_, _, link, _)) = lc.gaps.iter().find(|(f, t, _, _)| (*f, *t) == (from, to)) {
+        return Hole::Allowed(Some(*link));
+    }
+    if (from..=to).all(|s| lc.retained_away(s)) {
+        let link = lc
+            .accepted
+            .get(&to)
+            .and_then(|r| hex::decode(&r.head_link).ok())
+            .and_then(|v| v.try_into().ok());
+        return Hole::Allowed(link);
+    }
+    Hole::Problem
+}
+
+fn verify_chain(
+    chain: &ChainListing,
+    host_keys: &HashMap<String, VerifyingKey>,
+    lc: Option<&LedgerChain>,
+    report: &mut Report,
+) {
+    // The link the next seq must carry, when known.
     let mut prev: Option<(u64, Hash)> = None;
     let mut expected_seq = 1u64;
-    for (seq, path) in &chain.batches {
-        let (seq, p) = (*seq, path.display());
+    let mut archived = BTreeSet::new();
+    let label = chain.label();
+    for b in &chain.batches {
+        let (seq, p) = (b.seq, b.path.display());
         if seq > expected_seq {
-            let missing = if seq - expected_seq == 1 {
-                format!("seq {expected_seq} is missing")
-            } else {
-                format!("seqs {expected_seq}..={} are missing", seq - 1)
-            };
-            report
-                .problems
-                .push(format!("{}: {missing} before {p}", chain.dir.display()));
+            match explain_hole(lc, expected_seq, seq - 1) {
+                Hole::Allowed(link) => {
+                    prev = link.map(|l| (seq - 1, l));
+                }
+                Hole::Problem => {
+                    let missing = if seq - expected_seq == 1 {
+                        format!("seq {expected_seq} is missing")
+                    } else {
+                        format!("seqs {expected_seq}..={} are missing", seq - 1)
+                    };
+                    report
+                        .problems
+                        .push(format!("{label}: {missing} before {p}"));
+                }
+            }
         } else if seq < expected_seq {
-            // Only seq 0 can get here: names are unique and sorted.
-            report
-                .problems
-                .push(format!("{p}: seq {seq} is not a valid seq"));
+            report.problems.push(format!(
+                "{p}: seq {seq} appears again (or is not a valid seq)"
+            ));
         }
         expected_seq = seq.saturating_add(1);
+        archived.insert(seq);
 
-        let bytes = match std::fs::read(path) {
+        let bytes = match std::fs::read(&b.path) {
             Ok(b) => b,
             Err(e) => {
                 report.problems.push(format!("{p}: cannot read: {e}"));
@@ -150,10 +392,34 @@ fn verify_chain(chain: &ChainListing, key: Option<&VerifyingKey>, report: &mut R
                 continue;
             }
         };
+        let mut found = Vec::new();
+        if let Some(lc) = lc {
+            match lc.accepted.get(&seq) {
+                None => found.push("not recorded in the custody ledger as accepted".to_string()),
+                Some(rec) => {
+                    let sha = hex::encode(crate::envelope::sha256(&bytes));
+                    if rec.sha256 != sha {
+                        found.push(format!(
+                            "differs from the batch the custody ledger recorded at line {}",
+                            rec.line
+                        ));
+                    }
+                    if rec.day != b.day {
+                        found.push(format!(
+                            "the custody ledger (line {}) recorded it on day {}",
+                            rec.line, rec.day
+                        ));
+                    }
+                }
+            }
+        }
         let env = match Envelope::decode(&bytes) {
             Ok(env) => env,
             Err(e) => {
-                report.problems.push(format!("{p}: does not decode: {e}"));
+                found.push(format!("does not decode: {e}"));
+                report
+                    .problems
+                    .extend(found.into_iter().map(|msg| format!("{p}: {msg}")));
                 prev = None;
                 continue;
             }
@@ -163,7 +429,6 @@ fn verify_chain(chain: &ChainListing, key: Option<&VerifyingKey>, report: &mut R
             Kind::Data => report.batches += 1,
             Kind::Tombstone => report.tombstones += 1,
         }
-        let mut found = Vec::new();
         if h.seq != seq {
             found.push(format!(
                 "header says seq {}, the file name says {seq} (renamed or replayed)",
@@ -188,9 +453,17 @@ fn verify_chain(chain: &ChainListing, key: Option<&VerifyingKey>, report: &mut R
                 ));
             }
         }
-        if let Some(key) = key {
-            if let Err(e) = env.verify(key) {
-                found.push(e.to_string());
+        if !host_keys.is_empty() {
+            match host_keys.get(&h.key_id) {
+                Some(key) => {
+                    if let Err(e) = env.verify(key) {
+                        found.push(e.to_string());
+                    }
+                }
+                None => found.push(format!(
+                    "key id {} is not an enrolled key of host {}",
+                    h.key_id, chain.host
+                )),
             }
         }
         match check_payload(&env, h.decompressed_len) {
@@ -202,6 +475,16 @@ fn verify_chain(chain: &ChainListing, key: Option<&VerifyingKey>, report: &mut R
             .problems
             .extend(found.into_iter().map(|msg| format!("{p}: {msg}")));
         prev = Some((seq, env.next_link()));
+    }
+    if let Some(lc) = lc {
+        for (seq, rec) in &lc.accepted {
+            if !archived.contains(seq) && !lc.retained_away(*seq) {
+                report.problems.push(format!(
+                    "{label}: seq {seq} recorded in the custody ledger (line {}, day {}) is missing from the archive",
+                    rec.line, rec.day
+                ));
+            }
+        }
     }
 }
 
@@ -358,5 +641,308 @@ mod tests {
         let fx = fixture();
         std::fs::remove_file(&fx.files[3]).unwrap();
         assert!(run(&fx).is_clean());
+    }
+}
+
+#[cfg(test)]
+mod ledger_tests {
+    use super::*;
+    use crate::custody::Ledger;
+    use crate::receive::gap::GapStatement;
+    use crate::receive::test_support::Chain;
+    use crate::receive::{FsArchive, Ingest, Peer};
+    use crate::telemetry::ReceiverMetrics;
+    use bytes::Bytes;
+    use ed25519_dalek::SigningKey;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    struct Fx {
+        archive: tempfile::TempDir,
+        keys: tempfile::TempDir,
+        store_key: SigningKey,
+        ingest: Arc<Ingest<FsArchive>>,
+        a: Chain,
+    }
+
+    async fn store(archive: &Path, keys: &Path, key: &SigningKey) -> Arc<Ingest<FsArchive>> {
+        let (ledger, entries) = Ledger::open(archive, key.clone()).unwrap();
+        Arc::new(
+            Ingest::new(
+                FsArchive::open(archive).unwrap(),
+                keys.into(),
+                1 << 20,
+                ReceiverMetrics::default(),
+                Some((Arc::new(ledger), entries)),
+            )
+            .await
+            .unwrap(),
+        )
+    }
+
+    /// web-1 with four batches through a store with a ledger.
+    async fn fixture() -> Fx {
+        let archive = tempfile::tempdir().unwrap();
+        let keys = tempfile::tempdir().unwrap();
+        let store_key = keys::generate();
+        let ingest = store(archive.path(), keys.path(), &store_key).await;
+        let mut a = Chain::new("web-1", "default", [1; 16]);
+        a.enroll(keys.path());
+        for i in 0..4 {
+            let b = a.next_data(&[&format!("m{i}")]);
+            ingest
+                .ingest(Bytes::from(b), &Peer::default())
+                .await
+                .unwrap();
+        }
+        Fx {
+            archive,
+            keys,
+            store_key,
+            ingest,
+            a,
+        }
+    }
+
+    impl Fx {
+        fn run(&self) -> Report {
+            verify_with(
+                self.archive.path(),
+                self.keys.path(),
+                Some(&self.store_key.verifying_key()),
+            )
+        }
+        fn file(&self, seq: u64) -> PathBuf {
+            self.a
+                .dir(self.archive.path())
+                .join(archive::batch_file_name(seq))
+        }
+        fn ledger_lines(&self) -> Vec<String> {
+            std::fs::read_to_string(custody::ledger_path(self.archive.path()))
+                .unwrap()
+                .lines()
+                .map(String::from)
+                .collect()
+        }
+    }
+
+    fn has(r: &Report, needle: &str) -> bool {
+        r.problems.iter().any(|p| p.contains(needle))
+    }
+
+    #[tokio::test]
+    async fn a_store_with_a_ledger_verifies_clean() {
+        let fx = fixture().await;
+        let r = fx.run();
+        assert!(r.is_clean(), "{r}");
+        assert_eq!(r.batches, 4);
+        // started + 4 accepted
+        assert_eq!(r.ledger_entries, Some(5));
+        assert!(r.to_string().contains("ledger head: entry 5"), "{r}");
+    }
+
+    #[tokio::test]
+    async fn deleting_the_newest_batch_or_the_tail_is_found() {
+        let fx = fixture().await;
+        std::fs::remove_file(fx.file(4)).unwrap();
+        let r = fx.run();
+        assert_eq!(r.problems.len(), 1, "{r}");
+        assert!(
+            has(&r, "seq 4 recorded in the custody ledger (line 5"),
+            "{r}"
+        );
+        std::fs::remove_file(fx.file(3)).unwrap();
+        let r = fx.run();
+        assert_eq!(r.problems.len(), 2, "{r}");
+        assert!(has(&r, "seq 3 recorded"), "{r}");
+        // The whole chain.
+        std::fs::remove_dir_all(fx.archive.path().join("web-1")).unwrap();
+        let r = fx.run();
+        assert_eq!(r.problems.len(), 4, "{r}");
+    }
+
+    #[tokio::test]
+    async fn a_truncated_file_and_a_slipped_in_batch_are_found() {
+        let fx = fixture().await;
+        let bytes = std::fs::read(fx.file(2)).unwrap();
+        std::fs::remove_file(fx.file(2)).unwrap();
+        std::fs::write(fx.file(2), &bytes[..bytes.len() - 10]).unwrap();
+        let r = fx.run();
+        assert!(
+            has(
+                &r,
+                "differs from the batch the custody ledger recorded at line 3"
+            ),
+            "{r}"
+        );
+        std::fs::write(fx.file(2), &bytes).unwrap();
+        assert!(fx.run().is_clean());
+        // A validly signed batch 5 the store never accepted (written behind its back).
+        let mut a = Chain::new("web-1", "default", [1; 16]);
+        a.seq = fx.a.seq;
+        a.link = fx.a.link;
+        std::fs::write(fx.file(5), a.next_data(&["forged"])).unwrap();
+        let r = fx.run();
+        assert_eq!(r.problems.len(), 1, "{r}");
+        assert!(has(&r, "not recorded in the custody ledger"), "{r}");
+    }
+
+    #[tokio::test]
+    async fn an_edited_ledger_entry_is_found_with_its_line() {
+        let fx = fixture().await;
+        let mut lines = fx.ledger_lines();
+        lines[2] = lines[2].replace("\"records\":1", "\"records\":2");
+        std::fs::write(
+            custody::ledger_path(fx.archive.path()),
+            lines.join("\n") + "\n",
+        )
+        .unwrap();
+        let r = fx.run();
+        assert!(has(&r, "line 3: signature"), "{r}");
+        assert!(has(&r, "line 4: prev"), "{r}");
+    }
+
+    #[tokio::test]
+    async fn the_ledger_needs_the_store_key_and_must_exist_when_given() {
+        let fx = fixture().await;
+        let r = verify(fx.archive.path(), fx.keys.path());
+        assert!(has(&r, "--store-key"), "{r}");
+        std::fs::remove_dir_all(fx.archive.path().join(archive::CUSTODY_DIR)).unwrap();
+        let r = fx.run();
+        assert!(has(&r, "the custody ledger is missing"), "{r}");
+    }
+
+    #[tokio::test]
+    async fn a_crash_before_recording_is_recovered_into_the_ledger() {
+        let fx = fixture().await;
+        // Seq 5 reaches the archive but not the ledger (as if the store died in between).
+        let mut a = Chain::new("web-1", "default", [1; 16]);
+        a.seq = fx.a.seq;
+        a.link = fx.a.link;
+        std::fs::write(fx.file(5), a.next_data(&["late"])).unwrap();
+        assert!(!fx.run().is_clean());
+        let Fx {
+            archive: dir,
+            keys: key_dir,
+            store_key,
+            ingest,
+            ..
+        } = fx;
+        drop(ingest);
+        let restarted = store(dir.path(), key_dir.path(), &store_key).await;
+        let r = verify_with(dir.path(), key_dir.path(), Some(&store_key.verifying_key()));
+        assert!(r.is_clean(), "{r}");
+        assert!(fx_lines(dir.path())
+            .iter()
+            .any(|l| l.contains("\"seq\":5") && l.contains("\"recovered\":true")));
+        // The chain goes on from the recovered batch.
+        let b6 = a.next_data(&["six"]);
+        assert_eq!(
+            restarted
+                .ingest(Bytes::from(b6), &Peer::default())
+                .await
+                .unwrap(),
+            crate::receive::Accepted::Stored { seq: 6 }
+        );
+    }
+
+    fn fx_lines(archive: &Path) -> Vec<String> {
+        std::fs::read_to_string(custody::ledger_path(archive))
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_store_restarted_after_the_newest_batch_was_deleted_keeps_the_ledger_head() {
+        let fx = fixture().await;
+        std::fs::remove_file(fx.file(4)).unwrap();
+        let restarted = store(fx.archive.path(), fx.keys.path(), &fx.store_key).await;
+        // A different seq 4 cannot take the deleted one's place.
+        let mut fork = Chain::new("web-1", "default", [1; 16]);
+        for _ in 0..3 {
+            fork.next_data(&["x"]);
+        }
+        fork.seq = 3;
+        fork.link = {
+            let b3 = std::fs::read(fx.file(3)).unwrap();
+            Envelope::decode(&b3).unwrap().next_link()
+        };
+        let other4 = fork.next_data(&["replacement"]);
+        let r = restarted
+            .ingest(Bytes::from(other4), &Peer::default())
+            .await;
+        assert!(r.is_err(), "{r:?}");
+        assert!(!fx.file(4).exists());
+    }
+
+    #[tokio::test]
+    async fn a_declared_gap_is_recorded_and_verifies_and_an_undeclared_one_does_not() {
+        let fx = fixture().await;
+        let mut a = Chain::new("web-1", "default", [1; 16]);
+        a.seq = fx.a.seq;
+        a.link = fx.a.link;
+        // Seqs 5 and 6 are lost on the host; it goes on with 7.
+        a.next_data(&["lost5"]);
+        a.next_data(&["lost6"]);
+        let link6 = a.link;
+        let b7 = a.next_data(&["seven"]);
+        let refused = fx
+            .ingest
+            .ingest(Bytes::from(b7.clone()), &Peer::default())
+            .await;
+        assert!(refused.is_err());
+        let statement = GapStatement {
+            host: "web-1".into(),
+            stream: "default".into(),
+            chain: hex::encode([1u8; 16]),
+            key_id: keys::key_id(&a.key.verifying_key()),
+            from: 5,
+            to: 6,
+            link: hex::encode(link6),
+            reason: "buffer wiped".into(),
+        };
+        let body = serde_json::to_vec(&statement.sign(&a.key)).unwrap();
+        assert!(fx
+            .ingest
+            .declare_gap(Bytes::from(body.clone()), &Peer::default())
+            .await
+            .unwrap());
+        assert!(!fx
+            .ingest
+            .declare_gap(Bytes::from(body), &Peer::default())
+            .await
+            .unwrap());
+        fx.ingest
+            .ingest(Bytes::from(b7), &Peer::default())
+            .await
+            .unwrap();
+        let r = fx.run();
+        assert!(r.is_clean(), "{r}");
+        // A statement signed by another key is refused.
+        let mut forged = statement.clone();
+        forged.from = 8;
+        forged.to = 9;
+        let body = serde_json::to_vec(&forged.sign(&keys::generate())).unwrap();
+        assert!(fx
+            .ingest
+            .declare_gap(Bytes::from(body), &Peer::default())
+            .await
+            .is_err());
+        // Remove the gap entry from the ledger: the hole is a problem again (and the
+        // ledger's chain breaks where the entry was).
+        let lines: Vec<String> = fx
+            .ledger_lines()
+            .into_iter()
+            .filter(|l| !l.contains("\"kind\":\"gap\""))
+            .collect();
+        std::fs::write(
+            custody::ledger_path(fx.archive.path()),
+            lines.join("\n") + "\n",
+        )
+        .unwrap();
+        let r = fx.run();
+        assert!(has(&r, "seqs 5..=6 are missing"), "{r}");
     }
 }

@@ -1,8 +1,8 @@
 //! The central store end to end: a real server on 127.0.0.1 (plain, TLS, mTLS), real HTTP
 //! clients, real files. Every refusal is checked to leave the archive untouched.
 //!
-//! Until `logveil receive` lands in the CLI these start `logveil::receive::run` in-process on
-//! a free port; the assertions are the ones the binary must pass too.
+//! These start `logveil::receive::run` in-process on a free port, with a store key (so a
+//! custody ledger); the assertions are the ones the binary must pass too.
 
 use ed25519_dalek::SigningKey;
 use logveil::config::ReceiverConfig;
@@ -125,6 +125,7 @@ struct Options {
     tls: Option<Tls>,
     request_timeout: Option<&'static str>,
     telemetry: bool,
+    max_connections: Option<usize>,
 }
 
 struct Tls {
@@ -203,6 +204,8 @@ impl Tls {
 struct Store {
     archive: tempfile::TempDir,
     keys: tempfile::TempDir,
+    /// Holds store.key / store.pub (the ledger key), apart from the hosts' keys.
+    store_key: tempfile::TempDir,
     addr: SocketAddr,
     telemetry: Option<SocketAddr>,
     base: String,
@@ -210,6 +213,11 @@ struct Store {
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     options: Options,
+}
+
+/// The store's ledger key (fixed, so a restarted store in a test uses the same one).
+fn store_signing_key() -> SigningKey {
+    SigningKey::from_bytes(&sha256(b"the test store"))
 }
 
 fn free_port() -> SocketAddr {
@@ -231,13 +239,17 @@ impl Store {
     ) -> Store {
         let addr = free_port();
         let telemetry = options.telemetry.then(free_port);
+        let store_key = tempfile::tempdir().unwrap();
+        keys::write_named_pair(store_key.path(), "store", &store_signing_key()).unwrap();
         let mut text = format!(
             "[receiver]\nlisten = \"{addr}\"\narchive_dir = \"{}\"\ntrusted_keys_dir = \"{}\"\n\
              max_body_bytes = {MAX_BODY}\nmax_decompressed_bytes = {MAX_DECOMPRESSED}\n\
-             request_timeout = \"{}\"\n",
+             request_timeout = \"{}\"\nstore_key = \"{}\"\nmax_connections = {}\n",
             archive.path().display(),
             keys.path().display(),
             options.request_timeout.unwrap_or("10s"),
+            store_key.path().join("store.key").display(),
+            options.max_connections.unwrap_or(1024),
         );
         if let Some(tls) = &options.tls {
             text += &tls.config();
@@ -255,6 +267,7 @@ impl Store {
         let mut store = Store {
             archive,
             keys,
+            store_key,
             addr,
             telemetry,
             base,
@@ -300,6 +313,7 @@ impl Store {
             .unwrap()
             .unwrap();
         let archive = std::mem::replace(&mut self.archive, tempfile::tempdir().unwrap());
+        let _ = &self.store_key;
         let keys = std::mem::replace(&mut self.keys, tempfile::tempdir().unwrap());
         (archive, keys, std::mem::take(&mut self.options))
     }
@@ -308,14 +322,37 @@ impl Store {
         post_with(&self.client, &self.base, body).await
     }
 
-    /// Every file under the archive, temp files included.
+    /// Every file under the archive, temp files included (not the custody ledger).
     fn files(&self) -> BTreeSet<PathBuf> {
+        let custody = self.archive.path().join(".custody");
         walkdir::WalkDir::new(self.archive.path())
             .into_iter()
             .map(|e| e.unwrap())
-            .filter(|e| !e.file_type().is_dir())
+            .filter(|e| !e.file_type().is_dir() && !e.path().starts_with(&custody))
             .map(|e| e.into_path())
             .collect()
+    }
+
+    /// The custody ledger's entries, checked against the store key.
+    fn ledger(&self) -> Vec<Value> {
+        let path = logveil::custody::ledger_path(self.archive.path());
+        let key = store_signing_key().verifying_key();
+        let report = logveil::custody::read(&path, Some(&key)).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        report
+            .entries
+            .into_iter()
+            .map(|(_, e)| serde_json::to_value(e).unwrap())
+            .collect()
+    }
+
+    /// `verify` with the ledger checked against the store key.
+    fn verify(&self) -> logveil::verify::Report {
+        logveil::verify::verify_with(
+            self.archive.path(),
+            self.keys.path(),
+            Some(&store_signing_key().verifying_key()),
+        )
     }
 
     fn batch_path(&self, host: &Host, seq: u64) -> PathBuf {
@@ -323,6 +360,7 @@ impl Store {
             .path()
             .join(&host.id)
             .join(&host.stream)
+            .join(logveil::archive::today())
             .join(hex::encode(host.chain_id))
             .join(format!("{seq:020}.lvb"))
     }
@@ -445,7 +483,7 @@ async fn a_valid_chain_is_stored_as_exact_bytes_in_the_layout() {
     assert_eq!(mode, 0o750);
 
     // What was stored verifies offline and reads back.
-    let report = logveil::verify::verify(store.archive.path(), store.keys.path());
+    let report = store.verify();
     assert!(report.problems.is_empty(), "{report}");
     assert_eq!((report.batches, report.records), (3, 6));
     let mut out = Vec::new();
@@ -508,6 +546,7 @@ async fn chain_state_survives_a_restart() {
     let leftover = archive
         .path()
         .join("web-1/default")
+        .join(logveil::archive::today())
         .join(hex::encode(host.chain_id))
         .join(".tmp-2-00000000deadbeef");
     std::fs::write(&leftover, b"half a batch").unwrap();
@@ -846,4 +885,164 @@ async fn telemetry_counts_outcomes() {
             "missing `{line}` in\n{text}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Custody: the ledger, keys, identities
+
+/// The ledger entries of one kind.
+fn entries_of(ledger: &[Value], kind: &str) -> Vec<Value> {
+    ledger
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accept_and_refusal_is_in_the_signed_ledger() {
+    let mut host = Host::new("web-1");
+    let store = enrolled_store(&[&host]).await;
+    let b1 = host.next(2);
+    assert_eq!(store.post(b1.clone()).await, stored(1));
+    assert_eq!(store.post(b1).await, duplicate(1));
+    assert_eq!(store.post(host.next(1)).await, stored(2));
+    store
+        .expect_refused(b"junk".to_vec(), StatusCode::BAD_REQUEST, "malformed")
+        .await;
+    let mut ahead = Host::new("web-1");
+    ahead.seq = 5;
+    store
+        .expect_refused(ahead.next(1), StatusCode::CONFLICT, "seq_gap")
+        .await;
+
+    let ledger = store.ledger();
+    assert_eq!(ledger[0]["kind"], "started");
+    let accepted = entries_of(&ledger, "accepted");
+    assert_eq!(accepted.len(), 2, "a duplicate is not accepted twice");
+    assert_eq!(accepted[1]["seq"], 2);
+    assert_eq!(accepted[1]["host"], "web-1");
+    assert_eq!(accepted[1]["head_link"], hex::encode(host.link));
+    let rejected = entries_of(&ledger, "rejected");
+    let reasons: Vec<_> = rejected.iter().map(|e| e["reason"].clone()).collect();
+    assert_eq!(reasons, ["malformed", "seq_gap"]);
+    assert_eq!(rejected[1]["expected_seq"], 3);
+    assert_eq!(rejected[1]["seq"], 6);
+    assert_eq!(rejected[0]["peer"], "127.0.0.1");
+    let report = store.verify();
+    assert!(report.is_clean(), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_is_accepted_a_revoked_one_refused_and_its_batches_still_verify() {
+    let mut old = Host::new("web-1");
+    let store = Store::start(Options::default()).await;
+    let dir = store.keys.path().join("web-1");
+    std::fs::create_dir(&dir).unwrap();
+    let line = |h: &Host| keys::public_key_line(&h.key.verifying_key());
+    std::fs::write(dir.join("2024.pub"), line(&old)).unwrap();
+    assert_eq!(store.post(old.next(1)).await, stored(1));
+
+    // Rotation: the new key is enrolled beside the old one and continues the chain.
+    let mut new = Host::new("web-1");
+    new.key = SigningKey::from_bytes(&sha256(b"web-1 new key"));
+    std::fs::write(dir.join("2025.pub"), line(&new)).unwrap();
+    (new.seq, new.link) = (old.seq, old.link);
+    assert_eq!(store.post(new.next(1)).await, stored(2));
+
+    // Revocation: the old key's new batches are refused, nothing is written.
+    std::fs::rename(dir.join("2024.pub"), dir.join("2024.pub.revoked")).unwrap();
+    (old.seq, old.link) = (new.seq, new.link);
+    store
+        .expect_refused(old.peek(1), StatusCode::UNAUTHORIZED, "key_revoked")
+        .await;
+    assert_eq!(store.post(new.next(1)).await, stored(3));
+    // What the old key signed before stays verifiable.
+    let report = store.verify();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.batches, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_refuses_a_certificate_that_names_another_host() {
+    // The client certificate names web-1.
+    let mut web1 = Host::new("web-1");
+    let mut web2 = Host::new("web-2");
+    let store = Store::start(Options {
+        tls: Some(Tls::generate(true)),
+        ..Options::default()
+    })
+    .await;
+    web1.enroll(store.keys.path());
+    web2.enroll(store.keys.path());
+    store
+        .expect_refused(web2.next(1), StatusCode::FORBIDDEN, "host_mismatch")
+        .await;
+    assert_eq!(store.post(web1.next(1)).await, stored(1));
+    let ledger = store.ledger();
+    let rejected = entries_of(&ledger, "rejected");
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0]["host"], "web-2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_batch_of_another_chain_is_refused() {
+    let mut a = Host::new("web-1");
+    let store = enrolled_store(&[&a]).await;
+    let b1 = a.next(1);
+    assert_eq!(store.post(b1.clone()).await, stored(1));
+    assert_eq!(store.post(a.next(1)).await, stored(2));
+    // Replaying seq 1 later is a duplicate, never a second copy.
+    assert_eq!(store.post(b1).await, duplicate(1));
+    // The same records re-signed as seq 3 but linking to seq 1: broken chain.
+    let mut replay = Host::new("web-1");
+    replay.seq = 2;
+    replay.link = GENESIS_PREV_HASH;
+    store
+        .expect_refused(replay.next(1), StatusCode::CONFLICT, "broken_chain")
+        .await;
+    assert_eq!(store.files().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_and_thousands_of_idle_connections_do_not_stop_the_store() {
+    let mut host = Host::new("web-1");
+    let store = Store::start(Options {
+        request_timeout: Some("1s"),
+        max_connections: Some(256),
+        ..Options::default()
+    })
+    .await;
+    host.enroll(store.keys.path());
+    // 2000 connections that never send a full request, some dribbling header bytes.
+    let mut idle = Vec::new();
+    for i in 0..2000 {
+        let mut s = match tokio::net::TcpStream::connect(store.addr).await {
+            Ok(s) => s,
+            Err(e) => panic!("connection {i}: {e}"),
+        };
+        if i % 10 == 0 {
+            let _ = s.write_all(b"POST /v1/batches HTTP/1.1\r\nHo").await;
+        }
+        idle.push(s);
+    }
+    // A real client is still served once the idle ones time out (bounded, not forever).
+    let started = Instant::now();
+    let (status, _) = tokio::time::timeout(Duration::from_secs(60), store.post(host.next(1)))
+        .await
+        .expect("the store serves a real client despite idle connections");
+    assert_eq!(status, StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // The idle connections were closed by the store, not left hanging.
+    let mut closed = 0;
+    for s in idle.iter_mut().take(50) {
+        let mut buf = [0u8; 256];
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 50);
+    drop(idle);
+    assert_eq!(store.files().len(), 1);
+    assert!(store.verify().is_clean());
 }

@@ -19,8 +19,12 @@ pub struct ReceiverConfig {
 pub struct ReceiverSection {
     pub listen: SocketAddr,
     pub archive_dir: PathBuf,
-    /// One `<host_id>.pub` per enrolled host.
+    /// Per enrolled host `<host_id>.pub` and/or `<host_id>/*.pub` (rotation); a
+    /// `*.pub.revoked` file is a revoked key (see `crate::envelope::keys`).
     pub trusted_keys_dir: PathBuf,
+    /// The store's own secret key (`logveil keygen`), which signs the custody ledger. Without
+    /// it the store keeps no ledger.
+    pub store_key: Option<PathBuf>,
     /// Largest request body (one envelope) accepted.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: u64,

@@ -5,6 +5,17 @@
 //!
 //! A key id is the first 8 bytes of SHA-256 over the public key, in hex. It goes into every
 //! envelope header so a verifier can tell which enrolled key a batch claims.
+//!
+//! The central store's trusted keys directory ([`trusted_keys`]) may hold several keys per
+//! host, for rotation, and keeps revoked keys so what they signed stays verifiable:
+//!
+//! ```text
+//! <trusted_keys_dir>/<host_id>.pub                 a key of the host (the simple case)
+//! <trusted_keys_dir>/<host_id>/<any name>.pub      more keys of the host (rotation)
+//! ... .pub.revoked                                 the same, revoked: new batches signed
+//!                                                  with it are refused, old ones verify
+//! ```
+//! The store's own ledger key is an ordinary pair made by `logveil keygen`.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -44,12 +55,21 @@ pub fn generate() -> SigningKey {
 
 /// Writes `agent.key` (0600, refusing to overwrite) and `agent.pub` into `dir`.
 pub fn write_pair(dir: &Path, key: &SigningKey) -> Result<(PathBuf, PathBuf), KeyError> {
+    write_named_pair(dir, "agent", key)
+}
+
+/// Writes `<name>.key` (0600, refusing to overwrite) and `<name>.pub` into `dir`.
+pub fn write_named_pair(
+    dir: &Path,
+    name: &str,
+    key: &SigningKey,
+) -> Result<(PathBuf, PathBuf), KeyError> {
     std::fs::create_dir_all(dir).map_err(|source| KeyError::Write {
         path: dir.to_path_buf(),
         source,
     })?;
-    let secret = dir.join("agent.key");
-    let public = dir.join("agent.pub");
+    let secret = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pub"));
     let write = |path: &Path, text: String, mode: u32| -> Result<(), KeyError> {
         let err = |source| KeyError::Write {
             path: path.to_path_buf(),
@@ -98,6 +118,71 @@ fn read_tagged(path: &Path, tag: &'static str) -> Result<[u8; 32], KeyError> {
     bytes.try_into().map_err(|_| malformed())
 }
 
+/// One key enrolled for a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedKey {
+    pub key: VerifyingKey,
+    pub key_id: String,
+    pub revoked: bool,
+    pub path: PathBuf,
+}
+
+const REVOKED_SUFFIX: &str = ".pub.revoked";
+
+/// Every key enrolled for `host` under `dir` (see the module doc), sorted by path. An absent
+/// file or directory is no key; an unreadable or malformed key file is an error. `host` must
+/// be a safe identifier (envelope decoding guarantees it).
+pub fn trusted_keys(dir: &Path, host: &str) -> Result<Vec<TrustedKey>, KeyError> {
+    let mut candidates = vec![
+        (dir.join(format!("{host}.pub")), false),
+        (dir.join(format!("{host}{REVOKED_SUFFIX}")), true),
+    ];
+    let host_dir = dir.join(host);
+    match std::fs::read_dir(&host_dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry.map_err(|source| KeyError::Read {
+                    path: host_dir.clone(),
+                    source,
+                })?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.ends_with(REVOKED_SUFFIX) {
+                    candidates.push((entry.path(), true));
+                } else if name.ends_with(".pub") {
+                    candidates.push((entry.path(), false));
+                }
+            }
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) => {}
+        Err(source) => {
+            return Err(KeyError::Read {
+                path: host_dir,
+                source,
+            })
+        }
+    }
+    let mut out = Vec::new();
+    for (path, revoked) in candidates {
+        match load_verifying_key(&path) {
+            Ok(key) => out.push(TrustedKey {
+                key_id: key_id(&key),
+                key,
+                revoked,
+                path,
+            }),
+            Err(KeyError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
 pub fn load_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
     Ok(SigningKey::from_bytes(&read_tagged(path, SECRET_TAG)?))
 }
@@ -127,5 +212,27 @@ mod tests {
         );
         assert_eq!(load_verifying_key(&public).unwrap(), key.verifying_key());
         assert!(write_pair(dir.path(), &key).is_err(), "must not overwrite");
+    }
+
+    #[test]
+    fn a_host_may_hold_several_keys_and_revoked_ones_stay_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new, other) = (generate(), generate(), generate());
+        let line = |k: &SigningKey| public_key_line(&k.verifying_key());
+        std::fs::write(dir.path().join("web-1.pub.revoked"), line(&old)).unwrap();
+        std::fs::create_dir(dir.path().join("web-1")).unwrap();
+        std::fs::write(dir.path().join("web-1/2025.pub"), line(&new)).unwrap();
+        std::fs::write(dir.path().join("web-1/notes.txt"), "ignored").unwrap();
+        std::fs::write(dir.path().join("web-10.pub"), line(&other)).unwrap();
+        let keys = trusted_keys(dir.path(), "web-1").unwrap();
+        let summary: Vec<_> = keys.iter().map(|k| (k.key, k.revoked)).collect();
+        assert_eq!(
+            summary,
+            [(new.verifying_key(), false), (old.verifying_key(), true)]
+        );
+        assert_eq!(keys[0].key_id, key_id(&new.verifying_key()));
+        assert!(trusted_keys(dir.path(), "web-2").unwrap().is_empty());
+        std::fs::write(dir.path().join("web-1/bad.pub"), "nope").unwrap();
+        assert!(trusted_keys(dir.path(), "web-1").is_err());
     }
 }

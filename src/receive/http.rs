@@ -10,9 +10,12 @@
 //!     body, and enforced again while the body streams in; 408 `request_timeout` when the
 //!     body has not arrived within `request_timeout`. Both close the connection;
 //!   - 500 `{"error": "internal"}` when the store itself failed; the agent retries.
+//! - `POST /v1/gaps`, body = a host's signed gap statement (`gap`): 200
+//!   `{"status": "gap_recorded" | "duplicate", "from": N, "to": M}`, or a 4xx as above.
 //! - Anything else: 404 / 405 with the same JSON error shape.
 
-use super::ingest::{Accepted, Ingest};
+use super::gap::GAPS_PATH;
+use super::ingest::{Accepted, Ids, Ingest, Peer};
 use super::store::ArchiveBackend;
 use super::validate::{Refusal, Rejection};
 use bytes::Bytes;
@@ -38,6 +41,7 @@ pub struct Limits {
 pub async fn handle<A, B>(
     ingest: Arc<Ingest<A>>,
     limits: Limits,
+    peer: Arc<Peer>,
     req: Request<B>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible>
 where
@@ -54,22 +58,25 @@ where
                 "max_decompressed_bytes": limits.max_decompressed_bytes,
             }),
         ),
-        (&Method::POST, BATCHES_PATH) => post_batch(ingest, limits, req).await,
-        (_, LIMITS_PATH | BATCHES_PATH) => error(
+        (&Method::POST, BATCHES_PATH) => post_batch(ingest, limits, &peer, req).await,
+        (&Method::POST, GAPS_PATH) => post_gap(ingest, limits, &peer, req).await,
+        (_, LIMITS_PATH | BATCHES_PATH | GAPS_PATH) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            "use GET /v1/limits or POST /v1/batches",
+            "use GET /v1/limits, POST /v1/batches or POST /v1/gaps",
         ),
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     };
     Ok(response)
 }
 
-async fn post_batch<A, B>(
-    ingest: Arc<Ingest<A>>,
+/// Reads a request body within the limits; a refusal is already noted and answered.
+async fn read_body<A, B>(
+    ingest: &Ingest<A>,
     limits: Limits,
+    peer: &Peer,
     req: Request<B>,
-) -> Response<Full<Bytes>>
+) -> Result<Bytes, Response<Full<Bytes>>>
 where
     A: ArchiveBackend,
     B: Body<Data = Bytes> + Send + 'static,
@@ -83,30 +90,51 @@ where
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let none = Ids::default();
     if declared.is_some_and(|n| n > limits.max_body_bytes) {
-        ingest.note_rejection(&too_large, None);
-        return closing(rejection(&too_large));
+        ingest.note_rejection(&too_large, &none, peer, None).await;
+        return Err(closing(rejection(&too_large)));
     }
     let limit = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
     let body = Limited::new(req.into_body(), limit);
-    let bytes = match tokio::time::timeout(limits.request_timeout, body.collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
+    match tokio::time::timeout(limits.request_timeout, body.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) => {
             let r = if e.downcast_ref::<LengthLimitError>().is_some() {
                 too_large
             } else {
                 Rejection::BodyRead
             };
-            ingest.note_rejection(&r, None);
-            return closing(rejection(&r));
+            ingest.note_rejection(&r, &none, peer, None).await;
+            Err(closing(rejection(&r)))
         }
         Err(_) => {
-            ingest.note_rejection(&Rejection::Timeout, None);
-            return closing(rejection(&Rejection::Timeout));
+            ingest
+                .note_rejection(&Rejection::Timeout, &none, peer, None)
+                .await;
+            Err(closing(rejection(&Rejection::Timeout)))
         }
+    }
+}
+
+async fn post_batch<A, B>(
+    ingest: Arc<Ingest<A>>,
+    limits: Limits,
+    peer: &Arc<Peer>,
+    req: Request<B>,
+) -> Response<Full<Bytes>>
+where
+    A: ArchiveBackend,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let bytes = match read_body(&ingest, limits, peer, req).await {
+        Ok(b) => b,
+        Err(response) => return response,
     };
     // Own task: a client that hangs up mid-write must not cut a started write short.
-    let task = tokio::spawn(async move { ingest.ingest(bytes).await });
+    let peer = peer.clone();
+    let task = tokio::spawn(async move { ingest.ingest(bytes, &peer).await });
     match task.await {
         Ok(Ok(Accepted::Stored { seq })) => json(
             StatusCode::OK,
@@ -121,6 +149,45 @@ where
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "the store could not take the batch; retry later",
+        ),
+    }
+}
+
+async fn post_gap<A, B>(
+    ingest: Arc<Ingest<A>>,
+    limits: Limits,
+    peer: &Arc<Peer>,
+    req: Request<B>,
+) -> Response<Full<Bytes>>
+where
+    A: ArchiveBackend,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let bytes = match read_body(&ingest, limits, peer, req).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    let peer = peer.clone();
+    let task = tokio::spawn(async move { ingest.declare_gap(bytes, &peer).await });
+    match task.await {
+        Ok(Ok(new)) => json(
+            StatusCode::OK,
+            serde_json::json!({"status": if new { "gap_recorded" } else { "duplicate" }}),
+        ),
+        Ok(Err(Refusal::Rejected(r))) => rejection(&r),
+        Ok(Err(Refusal::Internal(e))) => {
+            tracing::error!(error = %e, "a gap could not be recorded");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the store could not record the gap; retry later",
+            )
+        }
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the store could not record the gap; retry later",
         ),
     }
 }
@@ -178,6 +245,7 @@ mod tests {
             keys.path().into(),
             1 << 20,
             ReceiverMetrics::default(),
+            None,
         )
         .await
         .unwrap();
@@ -188,7 +256,9 @@ mod tests {
         ingest: &Arc<Ingest<FsArchive>>,
         req: Request<Full<Bytes>>,
     ) -> (StatusCode, serde_json::Value, Option<HeaderValue>) {
-        let resp = handle(ingest.clone(), LIMITS, req).await.unwrap();
+        let resp = handle(ingest.clone(), LIMITS, Arc::default(), req)
+            .await
+            .unwrap();
         let status = resp.status();
         let conn = resp.headers().get(CONNECTION).cloned();
         let body = resp.into_body().collect().await.unwrap().to_bytes();

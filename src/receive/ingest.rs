@@ -1,21 +1,41 @@
-//! Taking in one batch: validate, apply the chain rules under the chain's lock, store.
+//! Taking in one batch: validate, apply the chain rules under the chain's lock, store,
+//! record in the custody ledger.
 //!
 //! [`Ingest`] holds the only mutable state of the receiver: the tip of every chain, each
 //! behind its own async mutex. The lock is taken after the stateless checks (so a slow
 //! signature check or decompression of one batch never holds up its chain) and held until
-//! the batch is durable and the tip advanced, so two copies of a batch in flight at once are
-//! written once: the second sees the first's tip and becomes a duplicate.
+//! the batch is durable, recorded and the tip advanced, so two copies of a batch in flight at
+//! once are written once: the second sees the first's tip and becomes a duplicate.
+//!
+//! With a custody ledger (`crate::custody`), the order for an accepted batch is: archive
+//! write + fsync → ledger `accepted` entry (with the new chain head) + fsync → tip advanced
+//! → 2xx. If the ledger write fails the tip stays, the answer is 5xx, and the agent's resend
+//! finds the batch already in the archive (an idempotent put) and records it then. Every
+//! refusal gets a `rejected` entry; a declared gap (`gap`) a `gap` entry and an alert.
+//!
+//! At start, chain tips come from the archive and are checked against the ledger's heads:
+//! batches the archive holds beyond the ledger's head (a crash between archive fsync and
+//! ledger append) are recorded as `accepted` with `recovered`; a ledger head beyond the
+//! archive's tip (batches removed from the archive, not by retention) raises an alert, and
+//! the ledger's head wins so the chain cannot be re-written.
+//!
+//! With mutual TLS, the client certificate must be valid for the batch's host id (its
+//! subject alternative names), else 403 `host_mismatch`.
 //!
 //! Each outcome is counted in `ReceiverMetrics` and each refusal logged at WARN with the
 //! host, seq and reason code. Record contents are never logged.
 
 use super::chain::{decide, resolve_stored, Decision, Tip};
+use super::gap::SignedGap;
 use super::store::{ArchiveBackend, ChainKey, StoreError};
-use super::validate::{validate, InternalError, Refusal, Rejection, Validated};
-use crate::envelope::Envelope;
+use super::validate::{host_key, validate, InternalError, Refusal, Rejection, Validated};
+use crate::custody::{ChainRef, Entry, Event, Ledger};
+use crate::envelope::{sha256, Envelope, Hash, Kind};
 use crate::telemetry::ReceiverMetrics;
 use bytes::Bytes;
-use std::collections::HashMap;
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -28,6 +48,14 @@ pub enum Accepted {
     Duplicate { seq: u64 },
 }
 
+/// Who is on the other end of a request.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    pub addr: Option<SocketAddr>,
+    /// The client certificate, when mutual TLS is on.
+    pub cert: Option<CertificateDer<'static>>,
+}
+
 type ChainLock = Arc<tokio::sync::Mutex<Option<Tip>>>;
 
 pub struct Ingest<A> {
@@ -36,28 +64,119 @@ pub struct Ingest<A> {
     max_decompressed: u64,
     metrics: ReceiverMetrics,
     chains: Mutex<HashMap<ChainKey, ChainLock>>,
+    ledger: Option<Arc<Ledger>>,
 }
 
 /// Who sent a refused batch, as far as its header could be read.
-struct Ids {
-    host: String,
-    stream: String,
-    seq: u64,
+#[derive(Debug, Clone, Default)]
+pub struct Ids {
+    pub host: Option<String>,
+    pub stream: Option<String>,
+    pub chain: Option<String>,
+    pub seq: Option<u64>,
+}
+
+impl Ids {
+    fn of(env: &Envelope<'_>) -> Ids {
+        Ids {
+            host: Some(env.header.host_id.clone()),
+            stream: Some(env.header.stream.clone()),
+            chain: Some(env.header.chain_id_hex()),
+            seq: Some(env.header.seq),
+        }
+    }
+}
+
+pub fn chain_ref(key: &ChainKey) -> ChainRef {
+    ChainRef {
+        host: key.host.clone(),
+        stream: key.stream.clone(),
+        chain: hex::encode(key.chain_id),
+    }
+}
+
+fn chain_key(c: &ChainRef) -> Option<ChainKey> {
+    Some(ChainKey {
+        host: c.host.clone(),
+        stream: c.stream.clone(),
+        chain_id: hex::decode(&c.chain).ok()?.try_into().ok()?,
+    })
+}
+
+fn parse_hash(s: &str) -> Option<Hash> {
+    hex::decode(s).ok()?.try_into().ok()
+}
+
+/// What the ledger says about a chain: its head, and which seqs retention removed.
+#[derive(Debug, Default)]
+struct LedgerChain {
+    head: Option<Tip>,
+    retained_away: Vec<(u64, u64)>,
+}
+
+fn ledger_chains(entries: &[Entry]) -> BTreeMap<ChainKey, LedgerChain> {
+    let mut out: BTreeMap<ChainKey, LedgerChain> = BTreeMap::new();
+    for e in entries {
+        let (chain, tip) = match &e.event {
+            Event::Accepted {
+                chain,
+                seq,
+                head_link,
+                ..
+            } => (
+                chain,
+                parse_hash(head_link).map(|link| Tip { seq: *seq, link }),
+            ),
+            Event::Gap {
+                chain, to, link, ..
+            } => (chain, parse_hash(link).map(|link| Tip { seq: *to, link })),
+            Event::RetentionDeleted {
+                chain,
+                first_seq,
+                last_seq,
+                ..
+            } => {
+                if let Some(k) = chain_key(chain) {
+                    out.entry(k)
+                        .or_default()
+                        .retained_away
+                        .push((*first_seq, *last_seq));
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        if let (Some(k), Some(tip)) = (chain_key(chain), tip) {
+            let c = out.entry(k).or_default();
+            if c.head.map_or(true, |h| tip.seq > h.seq) {
+                c.head = Some(tip);
+            }
+        }
+    }
+    out
 }
 
 impl<A: ArchiveBackend> Ingest<A> {
-    /// Recovers chain state from `archive`.
+    /// Recovers chain state from `archive` (and the ledger's entries, when there is one).
     pub async fn new(
         archive: A,
         keys_dir: PathBuf,
         max_decompressed: u64,
         metrics: ReceiverMetrics,
+        ledger: Option<(Arc<Ledger>, Vec<Entry>)>,
     ) -> Result<Self, StoreError> {
-        let tips = archive.recover().await?;
+        let mut tips = archive.recover().await?;
         tracing::info!(
             chains = tips.len(),
             "chain state recovered from the archive"
         );
+        let ledger = match ledger {
+            None => None,
+            Some((ledger, entries)) => {
+                reconcile(&archive, &ledger, &entries, &mut tips).await?;
+                Some(ledger)
+            }
+        };
         let chains = tips
             .into_iter()
             .map(|(k, tip)| (k, Arc::new(tokio::sync::Mutex::new(Some(tip)))))
@@ -68,6 +187,7 @@ impl<A: ArchiveBackend> Ingest<A> {
             max_decompressed,
             metrics,
             chains: Mutex::new(chains),
+            ledger,
         })
     }
 
@@ -75,16 +195,21 @@ impl<A: ArchiveBackend> Ingest<A> {
         &self.metrics
     }
 
-    /// Takes in one envelope. `Ok` means it is durable in the archive.
-    pub async fn ingest(&self, bytes: Bytes) -> Result<Accepted, Refusal> {
+    pub fn archive(&self) -> &A {
+        &self.archive
+    }
+
+    pub fn ledger(&self) -> Option<&Arc<Ledger>> {
+        self.ledger.as_ref()
+    }
+
+    /// Takes in one envelope. `Ok` means it is durable in the archive (and the ledger).
+    pub async fn ingest(&self, bytes: Bytes, peer: &Peer) -> Result<Accepted, Refusal> {
         let keys_dir = self.keys_dir.clone();
         let max = self.max_decompressed;
+        let body_sha = hex::encode(sha256(&bytes));
         let checked = tokio::task::spawn_blocking(move || {
-            let ids = Envelope::decode(&bytes).ok().map(|e| Ids {
-                host: e.header.host_id.clone(),
-                stream: e.header.stream.clone(),
-                seq: e.header.seq,
-            });
+            let ids = Envelope::decode(&bytes).ok().map(|e| Ids::of(&e));
             (ids, validate(bytes, &keys_dir, max))
         })
         .await;
@@ -93,48 +218,63 @@ impl<A: ArchiveBackend> Ingest<A> {
             Err(e) => (None, Err(InternalError::Task(e.to_string()).into())),
         };
         let outcome = match result {
-            Ok(batch) => self.apply(batch).await,
+            Ok(batch) => match check_peer(peer, &batch.header.host_id) {
+                Ok(()) => self.apply(batch).await,
+                Err(r) => Err(r.into()),
+            },
             Err(e) => Err(e),
         };
+        let ids = ids.unwrap_or_default();
         match &outcome {
             Ok(Accepted::Stored { .. }) => {}
             Ok(Accepted::Duplicate { seq }) => {
                 self.metrics.batches_duplicate.inc();
-                if let Some(ids) = &ids {
-                    tracing::debug!(host = %ids.host, stream = %ids.stream, seq, "duplicate batch acknowledged again");
-                }
+                tracing::debug!(host = ?ids.host, stream = ?ids.stream, seq, "duplicate batch acknowledged again");
             }
-            Err(Refusal::Rejected(r)) => self.note_rejection(
-                r,
-                ids.as_ref()
-                    .map(|i| (i.host.as_str(), i.stream.as_str(), i.seq)),
-            ),
+            Err(Refusal::Rejected(r)) => self.note_rejection(r, &ids, peer, Some(body_sha)).await,
             Err(Refusal::Internal(e)) => {
                 self.metrics.count_rejection("internal");
-                match &ids {
-                    Some(i) => {
-                        tracing::error!(host = %i.host, stream = %i.stream, seq = i.seq, error = %e, "batch could not be stored")
-                    }
-                    None => tracing::error!(error = %e, "batch could not be stored"),
-                }
+                tracing::error!(host = ?ids.host, stream = ?ids.stream, seq = ?ids.seq, error = %e, "batch could not be stored");
             }
         }
         outcome
     }
 
-    /// Counts and logs a refusal; `ids` is `(host, stream, seq)` when the header decoded.
-    pub fn note_rejection(&self, r: &Rejection, ids: Option<(&str, &str, u64)>) {
+    /// Counts, logs and records (in the ledger) a refusal.
+    pub async fn note_rejection(
+        &self,
+        r: &Rejection,
+        ids: &Ids,
+        peer: &Peer,
+        body_sha256: Option<String>,
+    ) {
         self.metrics.count_rejection(r.code());
-        match ids {
-            Some((host, stream, seq)) => tracing::warn!(
-                host,
-                stream,
-                seq,
-                reason = r.code(),
-                detail = %r,
-                "batch rejected"
-            ),
-            None => tracing::warn!(reason = r.code(), detail = %r, "batch rejected"),
+        tracing::warn!(
+            host = ?ids.host,
+            stream = ?ids.stream,
+            seq = ?ids.seq,
+            peer = ?peer.addr,
+            reason = r.code(),
+            detail = %r,
+            "batch rejected"
+        );
+        let Some(ledger) = &self.ledger else {
+            return;
+        };
+        let event = Event::Rejected {
+            reason: r.code().into(),
+            status: r.status().as_u16(),
+            message: r.to_string(),
+            host: ids.host.clone(),
+            stream: ids.stream.clone(),
+            chain: ids.chain.clone(),
+            seq: ids.seq,
+            expected_seq: r.expected_seq(),
+            peer: peer.addr.map(|a| a.ip().to_string()),
+            body_sha256,
+        };
+        if let Err(e) = ledger.record(event).await {
+            tracing::error!(error = %e, "a refusal could not be recorded in the custody ledger");
         }
     }
 
@@ -154,10 +294,15 @@ impl<A: ArchiveBackend> Ingest<A> {
         let mut tip = lock.lock().await;
         match decide(*tip, h.seq, &h.prev_hash) {
             Decision::Store => {
-                self.archive
+                let day = self
+                    .archive
                     .put(&key, h.seq, batch.bytes.clone())
                     .await
                     .map_err(InternalError::from)?;
+                if let Some(ledger) = &self.ledger {
+                    let event = accepted_event(&key, &batch, day, false);
+                    ledger.record(event).await.map_err(InternalError::from)?;
+                }
                 *tip = Some(Tip {
                     seq: h.seq,
                     link: batch.link,
@@ -175,12 +320,228 @@ impl<A: ArchiveBackend> Ingest<A> {
                     .get(&key, h.seq)
                     .await
                     .map_err(InternalError::from)?;
-                resolve_stored(current, h.seq, stored.as_deref(), &batch.bytes)?;
+                resolve_stored(
+                    current,
+                    h.seq,
+                    stored.as_ref().map(|(_, b)| b.as_slice()),
+                    &batch.bytes,
+                )?;
                 Ok(Accepted::Duplicate { seq: h.seq })
             }
             Decision::Reject(r) => Err(r.into()),
         }
     }
+
+    /// Takes a host's signed gap statement (see `gap`). `Ok(true)`: recorded now;
+    /// `Ok(false)`: already recorded.
+    pub async fn declare_gap(&self, body: Bytes, peer: &Peer) -> Result<bool, Refusal> {
+        let body_sha = hex::encode(sha256(&body));
+        let keys_dir = self.keys_dir.clone();
+        let checked = tokio::task::spawn_blocking(move || -> Result<SignedGap, Refusal> {
+            let gap = super::gap::decode(&body).map_err(Rejection::BadGap)?;
+            let s = &gap.statement;
+            let key = host_key(&keys_dir, &s.host, &s.key_id)?;
+            if !gap.verify(&key.key) {
+                return Err(Rejection::BadSignature.into());
+            }
+            if key.revoked {
+                return Err(Rejection::KeyRevoked {
+                    host: s.host.clone(),
+                    key_id: key.key_id,
+                }
+                .into());
+            }
+            Ok(gap)
+        })
+        .await
+        .map_err(|e| Refusal::from(InternalError::Task(e.to_string())))
+        .and_then(|r| r);
+        let result = match checked {
+            Ok(gap) => match check_peer(peer, &gap.statement.host) {
+                Ok(()) => self.apply_gap(&gap).await,
+                Err(r) => Err(r.into()),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(Refusal::Rejected(r)) = &result {
+            self.note_rejection(r, &Ids::default(), peer, Some(body_sha))
+                .await;
+        }
+        result
+    }
+
+    async fn apply_gap(&self, gap: &SignedGap) -> Result<bool, Refusal> {
+        let s = &gap.statement;
+        let Some(ledger) = &self.ledger else {
+            return Err(Rejection::BadGap(
+                "this store keeps no custody ledger (no store_key), so it cannot record a gap"
+                    .into(),
+            )
+            .into());
+        };
+        let key = ChainKey {
+            host: s.host.clone(),
+            stream: s.stream.clone(),
+            chain_id: gap.chain_id,
+        };
+        let lock = self.chain_lock(&key);
+        let mut tip = lock.lock().await;
+        let (last, _) = tip.map_or((0, [0; 32]), |t| (t.seq, t.link));
+        if *tip
+            == Some(Tip {
+                seq: s.to,
+                link: gap.link,
+            })
+        {
+            return Ok(false);
+        }
+        if s.from != last + 1 {
+            return Err(Rejection::SeqGap {
+                seq: s.from,
+                expected_seq: last + 1,
+            }
+            .into());
+        }
+        let event = Event::Gap {
+            chain: chain_ref(&key),
+            from: s.from,
+            to: s.to,
+            link: s.link.clone(),
+            reason: s.reason.clone(),
+            key_id: s.key_id.clone(),
+            statement: base64_encode(&gap.raw),
+            statement_sig: base64_encode(&gap.sig),
+        };
+        ledger.record(event).await.map_err(InternalError::from)?;
+        *tip = Some(Tip {
+            seq: s.to,
+            link: gap.link,
+        });
+        tracing::error!(
+            alert = "custody_gap",
+            host = %s.host,
+            stream = %s.stream,
+            chain = %s.chain,
+            from = s.from,
+            to = s.to,
+            reason = %s.reason,
+            "a host declared batches lost for good; the gap is recorded in the custody ledger"
+        );
+        Ok(true)
+    }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn accepted_event(key: &ChainKey, batch: &Validated, day: String, recovered: bool) -> Event {
+    Event::Accepted {
+        chain: chain_ref(key),
+        seq: batch.header.seq,
+        day,
+        batch_kind: match batch.header.kind {
+            Kind::Data => "data".into(),
+            Kind::Tombstone => "tombstone".into(),
+        },
+        key_id: batch.header.key_id.clone(),
+        envelope_sha256: hex::encode(sha256(&batch.bytes)),
+        head_link: hex::encode(batch.link),
+        records: batch.records,
+        bytes: batch.bytes.len() as u64,
+        recovered,
+    }
+}
+
+/// With mutual TLS, the client certificate must name the host.
+fn check_peer(peer: &Peer, host: &str) -> Result<(), Rejection> {
+    let Some(der) = &peer.cert else {
+        return Ok(());
+    };
+    let mismatch = || Rejection::HostMismatch { host: host.into() };
+    let name = ServerName::try_from(host.to_string()).map_err(|_| mismatch())?;
+    let cert = rustls::server::ParsedCertificate::try_from(der).map_err(|_| mismatch())?;
+    rustls::client::verify_server_name(&cert, &name).map_err(|_| mismatch())
+}
+
+/// Brings the ledger up to date with the archive at start (see the module doc) and lets the
+/// ledger's heads win over the archive's tips.
+async fn reconcile<A: ArchiveBackend>(
+    archive: &A,
+    ledger: &Arc<Ledger>,
+    entries: &[Entry],
+    tips: &mut HashMap<ChainKey, Tip>,
+) -> Result<(), StoreError> {
+    let from_ledger = ledger_chains(entries);
+    let mut keys: Vec<ChainKey> = tips.keys().cloned().collect();
+    keys.extend(from_ledger.keys().cloned());
+    keys.sort();
+    keys.dedup();
+    let ledger_err = |e: crate::custody::LedgerError| StoreError::Task(e.to_string());
+    for key in keys {
+        let archive_tip = tips.get(&key).copied();
+        let lc = from_ledger.get(&key);
+        let head = lc.and_then(|c| c.head);
+        let a = archive_tip.map_or(0, |t| t.seq);
+        let l = head.map_or(0, |t| t.seq);
+        if a > l {
+            for seq in l + 1..=a {
+                let Some((day, bytes)) = archive.get(&key, seq).await? else {
+                    continue;
+                };
+                let env = Envelope::decode(&bytes).map_err(|e| StoreError::Corrupt {
+                    path: key.host.clone().into(),
+                    message: e.to_string(),
+                })?;
+                let records = env.header.record_count;
+                let batch = Validated {
+                    header: env.header.clone(),
+                    link: env.next_link(),
+                    records: if env.header.kind == Kind::Data {
+                        records
+                    } else {
+                        0
+                    },
+                    bytes: Bytes::from(bytes.clone()),
+                };
+                ledger
+                    .record(accepted_event(&key, &batch, day, true))
+                    .await
+                    .map_err(ledger_err)?;
+                tracing::warn!(host = %key.host, stream = %key.stream, seq, "batch in the archive but not in the custody ledger (crash before recording); recorded now");
+            }
+        } else if l > a {
+            let retained = lc.is_some_and(|c| {
+                (a + 1..=l).all(|s| c.retained_away.iter().any(|(f, t)| (*f..=*t).contains(&s)))
+            });
+            if !retained {
+                tracing::error!(
+                    alert = "custody_archive_shortened",
+                    host = %key.host,
+                    stream = %key.stream,
+                    archive_seq = a,
+                    ledger_seq = l,
+                    "the archive lacks batches the custody ledger recorded; run logveil verify"
+                );
+            }
+            if let Some(h) = head {
+                tips.insert(key.clone(), h);
+            }
+        } else if let (Some(h), Some(t)) = (head, archive_tip) {
+            if h.link != t.link {
+                tracing::error!(
+                    alert = "custody_archive_altered",
+                    host = %key.host,
+                    stream = %key.stream,
+                    seq = t.seq,
+                    "the newest batch of a chain is not the one the custody ledger recorded; run logveil verify"
+                );
+                tips.insert(key.clone(), h);
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -209,6 +570,7 @@ mod tests {
                     self.keys.path().into(),
                     1 << 20,
                     ReceiverMetrics::default(),
+                    None,
                 )
                 .await
                 .unwrap(),
@@ -241,16 +603,16 @@ mod tests {
         for (i, b) in [&b1, &b2, &b3].into_iter().enumerate() {
             let seq = i as u64 + 1;
             assert_eq!(
-                ingest.ingest(b.clone()).await.unwrap(),
+                ingest.ingest(b.clone(), &Peer::default()).await.unwrap(),
                 Accepted::Stored { seq }
             );
         }
         assert_eq!(
-            ingest.ingest(b1.clone()).await.unwrap(),
+            ingest.ingest(b1.clone(), &Peer::default()).await.unwrap(),
             Accepted::Duplicate { seq: 1 }
         );
         assert_eq!(
-            ingest.ingest(b3.clone()).await.unwrap(),
+            ingest.ingest(b3.clone(), &Peer::default()).await.unwrap(),
             Accepted::Duplicate { seq: 3 }
         );
         assert_eq!(fx.files(), 3);
@@ -266,16 +628,20 @@ mod tests {
         let mut c = Chain::new("web-1", "default", [1; 16]);
         c.enroll(fx.keys.path());
         let b1 = Bytes::from(c.next_data(&["a"]));
-        fx.ingest().await.ingest(b1.clone()).await.unwrap();
+        fx.ingest()
+            .await
+            .ingest(b1.clone(), &Peer::default())
+            .await
+            .unwrap();
 
         let restarted = fx.ingest().await;
         assert_eq!(
-            restarted.ingest(b1).await.unwrap(),
+            restarted.ingest(b1, &Peer::default()).await.unwrap(),
             Accepted::Duplicate { seq: 1 }
         );
         let b2 = Bytes::from(c.next_data(&["b"]));
         assert_eq!(
-            restarted.ingest(b2).await.unwrap(),
+            restarted.ingest(b2, &Peer::default()).await.unwrap(),
             Accepted::Stored { seq: 2 }
         );
     }
@@ -287,38 +653,50 @@ mod tests {
         let mut c = Chain::new("web-1", "default", [1; 16]);
         c.enroll(fx.keys.path());
         ingest
-            .ingest(Bytes::from(c.next_data(&["a"])))
+            .ingest(Bytes::from(c.next_data(&["a"])), &Peer::default())
             .await
             .unwrap();
         ingest
-            .ingest(Bytes::from(c.next_data(&["b"])))
+            .ingest(Bytes::from(c.next_data(&["b"])), &Peer::default())
             .await
             .unwrap();
 
         // A different batch claiming seq 1.
         let mut fork = Chain::new("web-1", "default", [1; 16]);
         let other = Bytes::from(fork.next_data(&["other"]));
-        let r = rejected(ingest.ingest(other).await);
+        let r = rejected(ingest.ingest(other, &Peer::default()).await);
         assert_eq!((r.code(), r.expected_seq()), ("seq_conflict", Some(3)));
 
         // Seq 4 before 3.
         let mut ahead = Chain::new("web-1", "default", [1; 16]);
         ahead.seq = 3;
         ahead.link = [7; 32];
-        let r = rejected(ingest.ingest(Bytes::from(ahead.next_data(&["x"]))).await);
+        let r = rejected(
+            ingest
+                .ingest(Bytes::from(ahead.next_data(&["x"])), &Peer::default())
+                .await,
+        );
         assert_eq!((r.code(), r.expected_seq()), ("seq_gap", Some(3)));
 
         // Seq 3 linking to something else.
         let mut broken = Chain::new("web-1", "default", [1; 16]);
         broken.seq = 2;
         broken.link = [7; 32];
-        let r = rejected(ingest.ingest(Bytes::from(broken.next_data(&["x"]))).await);
+        let r = rejected(
+            ingest
+                .ingest(Bytes::from(broken.next_data(&["x"])), &Peer::default())
+                .await,
+        );
         assert_eq!((r.code(), r.expected_seq()), ("broken_chain", Some(3)));
 
         // A new chain must start at 1.
         let mut late = Chain::new("web-1", "default", [2; 16]);
         late.seq = 1;
-        let r = rejected(ingest.ingest(Bytes::from(late.next_data(&["x"]))).await);
+        let r = rejected(
+            ingest
+                .ingest(Bytes::from(late.next_data(&["x"])), &Peer::default())
+                .await,
+        );
         assert_eq!((r.code(), r.expected_seq()), ("seq_gap", Some(1)));
 
         assert_eq!(fx.files(), 2);
@@ -336,7 +714,7 @@ mod tests {
         // The chain goes on.
         let b3 = Bytes::from(c.next_data(&["c"]));
         assert_eq!(
-            ingest.ingest(b3).await.unwrap(),
+            ingest.ingest(b3, &Peer::default()).await.unwrap(),
             Accepted::Stored { seq: 3 }
         );
     }
@@ -351,7 +729,7 @@ mod tests {
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..20 {
             let (ingest, b1) = (ingest.clone(), b1.clone());
-            tasks.spawn(async move { ingest.ingest(b1).await.unwrap() });
+            tasks.spawn(async move { ingest.ingest(b1, &Peer::default()).await.unwrap() });
         }
         let mut stored = 0;
         while let Some(r) = tasks.join_next().await {
@@ -371,11 +749,15 @@ mod tests {
         let mut c = Chain::new("web-1", "default", [1; 16]);
         c.enroll(fx.keys.path());
         ingest
-            .ingest(Bytes::from(c.next_data(&["a"])))
+            .ingest(Bytes::from(c.next_data(&["a"])), &Peer::default())
             .await
             .unwrap();
         std::fs::remove_file(fx.keys.path().join("web-1.pub")).unwrap();
-        let r = rejected(ingest.ingest(Bytes::from(c.next_data(&["b"]))).await);
+        let r = rejected(
+            ingest
+                .ingest(Bytes::from(c.next_data(&["b"])), &Peer::default())
+                .await,
+        );
         assert_eq!(r.code(), "unknown_host");
     }
 }

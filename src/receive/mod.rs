@@ -14,9 +14,14 @@
 //! - **Bounded.** Request body size, decompressed size, connections and time per request
 //!   come from `[receiver]` (`server`, `http`).
 //!
+//! - **On record.** With `store_key` set, every accepted batch (and the chain head it
+//!   advances to), refusal and declared gap goes into the signed custody ledger
+//!   (`crate::custody`) before the answer.
+//!
 //! Modules, in the order a batch meets them: `server` (listener, TLS, connections) → `http`
 //! (routes, body limits, JSON answers) → `ingest` (orchestration, metrics, logs) →
-//! `validate` (stateless checks) → `chain` (sequence rules) → `store` (the archive backend).
+//! `validate` (stateless checks) → `chain` (sequence rules) → `store` (the archive backend);
+//! `gap` (declared gaps).
 //! Startup: validate TLS files, recover chain state from the archive (removing temp files of
 //! interrupted writes), then bind. Nothing is bound when any of that fails.
 
@@ -27,6 +32,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub mod chain;
+pub mod gap;
 pub mod http;
 pub mod ingest;
 pub mod server;
@@ -37,7 +43,7 @@ pub mod validate;
 #[cfg(test)]
 pub(crate) mod test_support;
 
-pub use ingest::{Accepted, Ingest};
+pub use ingest::{Accepted, Ingest, Peer};
 pub use store::{ArchiveBackend, ChainKey, FsArchive, StoreError};
 pub use validate::Rejection;
 
@@ -55,6 +61,10 @@ pub enum ReceiveError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Ledger(#[from] crate::custody::LedgerError),
+    #[error("store key: {0}")]
+    StoreKey(#[from] crate::envelope::keys::KeyError),
     #[error("telemetry server on {addr}: {source}")]
     Telemetry {
         addr: SocketAddr,
@@ -77,11 +87,23 @@ pub async fn bind(
         source,
     };
     let archive = FsArchive::open(&r.archive_dir).map_err(archive_err)?;
+    let ledger = match &r.store_key {
+        Some(path) => {
+            let key = crate::envelope::keys::load_signing_key(path)?;
+            let (ledger, entries) = crate::custody::Ledger::open(&r.archive_dir, key)?;
+            Some((Arc::new(ledger), entries))
+        }
+        None => {
+            tracing::warn!("no receiver.store_key: the store keeps no custody ledger");
+            None
+        }
+    };
     let ingest = Ingest::new(
         archive,
         r.trusted_keys_dir.clone(),
         r.max_decompressed_bytes,
         metrics,
+        ledger,
     )
     .await
     .map_err(archive_err)?;

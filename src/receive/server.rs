@@ -10,7 +10,7 @@
 //!   write either way (it runs in its own task).
 
 use super::http::{handle, Limits};
-use super::ingest::Ingest;
+use super::ingest::{Ingest, Peer};
 use super::store::ArchiveBackend;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
@@ -70,14 +70,32 @@ impl<A: ArchiveBackend> Server<A> {
                 let _permit = permit;
                 let _ = stream.set_nodelay(true);
                 match tls {
-                    None => conn.serve(TokioIo::new(stream), peer).await,
+                    None => {
+                        let who = Peer {
+                            addr: Some(peer),
+                            cert: None,
+                        };
+                        conn.serve(TokioIo::new(stream), who).await
+                    }
                     Some(acceptor) => {
                         let handshake = tokio::time::timeout(
                             conn.limits.request_timeout,
                             acceptor.accept(stream),
                         );
                         match handshake.await {
-                            Ok(Ok(tls_stream)) => conn.serve(TokioIo::new(tls_stream), peer).await,
+                            Ok(Ok(tls_stream)) => {
+                                let cert = tls_stream
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|c| c.first())
+                                    .map(|c| c.clone().into_owned());
+                                let who = Peer {
+                                    addr: Some(peer),
+                                    cert,
+                                };
+                                conn.serve(TokioIo::new(tls_stream), who).await
+                            }
                             Ok(Err(e)) => {
                                 tracing::warn!(%peer, error = %e, "TLS handshake failed")
                             }
@@ -108,12 +126,16 @@ struct Connection<A> {
 }
 
 impl<A: ArchiveBackend> Connection<A> {
-    async fn serve<I>(self, io: I, peer: SocketAddr)
+    async fn serve<I>(self, io: I, peer: Peer)
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let (ingest, limits) = (self.ingest, self.limits);
-        let svc = hyper::service::service_fn(move |req| handle(ingest.clone(), limits, req));
+        let addr = peer.addr;
+        let peer = Arc::new(peer);
+        let svc = hyper::service::service_fn(move |req| {
+            handle(ingest.clone(), limits, peer.clone(), req)
+        });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -128,7 +150,7 @@ impl<A: ArchiveBackend> Connection<A> {
             }
         };
         if let Err(e) = result {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
+            tracing::debug!(peer = ?addr, error = %e, "connection ended with an error");
         }
     }
 }

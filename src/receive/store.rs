@@ -5,11 +5,15 @@
 //! - [`ArchiveBackend::put`] returns only once the batch is durable, never replaces a stored
 //!   batch, and is idempotent: putting the bytes already stored at that seq succeeds without a
 //!   second write; putting different bytes there fails with [`StoreError::AlreadyStored`].
+//!   It returns where the batch is (for the filesystem: the day directory), which the
+//!   custody ledger records.
 //! - [`ArchiveBackend::recover`] returns the tip of every stored chain, after discarding
 //!   whatever an interrupted write left behind.
 //!
-//! [`FsArchive`] uses the layout of `crate::archive`. One write:
-//! 1. create missing directories (0750), fsyncing each new directory's parent;
+//! [`FsArchive`] uses the layout of `crate::archive` (host / stream / day / chain). One write:
+//! 1. create missing directories (0750), fsyncing each new directory's parent; when the
+//!    chain's directory for today is new, look for the seq in the chain's other days first
+//!    (a retry across midnight must not store a seq twice);
 //! 2. write the envelope to `.tmp-<seq>-<random>` in the chain directory (0440), fsync it;
 //! 3. `hard_link` it to `<seq>.lvb` — which fails if that name exists, so nothing is ever
 //!    overwritten — then unlink the temp name and fsync the chain directory.
@@ -69,20 +73,20 @@ pub trait ArchiveBackend: Send + Sync + 'static {
     /// Tips of every stored chain, after removing leftovers of interrupted writes.
     fn recover(&self) -> impl Future<Output = Result<HashMap<ChainKey, Tip>, StoreError>> + Send;
 
-    /// Stores `bytes` as batch `seq` of `chain`; returns once durable.
+    /// Stores `bytes` as batch `seq` of `chain`; returns once durable, with its location.
     fn put(
         &self,
         chain: &ChainKey,
         seq: u64,
         bytes: Bytes,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
 
-    /// The bytes stored as batch `seq` of `chain`, if any.
+    /// The bytes stored as batch `seq` of `chain` and their location, if any.
     fn get(
         &self,
         chain: &ChainKey,
         seq: u64,
-    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<(String, Vec<u8>)>, StoreError>> + Send;
 }
 
 /// The archive as files under one directory.
@@ -108,16 +112,26 @@ impl FsArchive {
         &self.root
     }
 
-    fn path(&self, chain: &ChainKey, seq: u64) -> PathBuf {
-        archive::batch_path(&self.root, &chain.host, &chain.stream, &chain.chain_id, seq)
+    fn path(&self, chain: &ChainKey, day: &str, seq: u64) -> PathBuf {
+        archive::batch_path(
+            &self.root,
+            &chain.host,
+            &chain.stream,
+            day,
+            &chain.chain_id,
+            seq,
+        )
     }
 
-    /// Creates the chain directory and any missing parents, making each new entry durable.
-    fn ensure_chain_dir(&self, chain: &ChainKey) -> Result<PathBuf, StoreError> {
+    /// Creates the chain's directory for `day` and any missing parents, making each new
+    /// entry durable. Returns the directory and whether it was new.
+    fn ensure_chain_dir(&self, chain: &ChainKey, day: &str) -> Result<(PathBuf, bool), StoreError> {
         let mut dir = self.root.clone();
+        let mut created = false;
         for part in [
             chain.host.as_str(),
             chain.stream.as_str(),
+            day,
             &hex::encode(chain.chain_id),
         ] {
             let parent = dir.clone();
@@ -128,17 +142,51 @@ impl FsArchive {
                     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(DIR_MODE))
                         .map_err(io_err("set permissions of", &dir))?;
                     fsync_dir(&parent)?;
+                    created = true;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io_err("create directory", &dir)(e)),
             }
         }
-        Ok(dir)
+        Ok((dir, created))
     }
 
-    fn put_blocking(&self, chain: &ChainKey, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
-        let dir = self.ensure_chain_dir(chain)?;
-        let final_path = self.path(chain, seq);
+    /// The days (ascending) in which `chain` has a directory.
+    fn chain_days(&self, chain: &ChainKey) -> Result<Vec<String>, StoreError> {
+        let stream_dir = self.root.join(&chain.host).join(&chain.stream);
+        let mut days = Vec::new();
+        let entries = match std::fs::read_dir(&stream_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(days),
+            Err(e) => return Err(io_err("read", &stream_dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err("read", &stream_dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if archive::parse_day(&name).is_some() {
+                days.push(name);
+            }
+        }
+        days.sort();
+        Ok(days)
+    }
+
+    fn put_blocking(&self, chain: &ChainKey, seq: u64, bytes: &[u8]) -> Result<String, StoreError> {
+        let day = archive::today();
+        let (dir, new_dir) = self.ensure_chain_dir(chain, &day)?;
+        if new_dir {
+            if let Some((other_day, stored)) = self.get_blocking(chain, seq)? {
+                if other_day != day {
+                    if stored != bytes {
+                        return Err(StoreError::AlreadyStored {
+                            path: self.path(chain, &other_day, seq),
+                        });
+                    }
+                    return Ok(other_day);
+                }
+            }
+        }
+        let final_path = self.path(chain, &day, seq);
         let tmp = dir.join(format!("{TEMP_PREFIX}{seq}-{:016x}", rand::random::<u64>()));
         let written = write_temp(&tmp, bytes);
         let linked = written.and_then(|()| {
@@ -159,16 +207,24 @@ impl FsArchive {
             }
             Err(e) => return Err(e),
         }
-        fsync_dir(&dir)
+        fsync_dir(&dir)?;
+        Ok(day)
     }
 
-    fn get_blocking(&self, chain: &ChainKey, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let path = self.path(chain, seq);
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err("read", &path)(e)),
+    fn get_blocking(
+        &self,
+        chain: &ChainKey,
+        seq: u64,
+    ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        for day in self.chain_days(chain)?.into_iter().rev() {
+            let path = self.path(chain, &day, seq);
+            match std::fs::read(&path) {
+                Ok(bytes) => return Ok(Some((day, bytes))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("read", &path)(e)),
+            }
         }
+        Ok(None)
     }
 
     fn recover_blocking(&self) -> Result<HashMap<ChainKey, Tip>, StoreError> {
@@ -182,16 +238,24 @@ impl FsArchive {
                 for tmp in &chain.temp_files {
                     std::fs::remove_file(tmp).map_err(io_err("remove", tmp))?;
                 }
-                fsync_dir(&chain.dir)?;
+                for dir in &chain.dirs {
+                    fsync_dir(dir)?;
+                }
                 tracing::info!(
-                    dir = %chain.dir.display(),
+                    chain = %chain.label(),
                     count = chain.temp_files.len(),
                     "removed temporary files of interrupted writes"
                 );
             }
-            let Some((seq, path)) = chain.batches.last() else {
+            let Some(archive::BatchFile { seq, path, .. }) = chain.batches.last() else {
                 continue;
             };
+            if chain.batches.windows(2).any(|w| w[0].seq == w[1].seq) {
+                return Err(StoreError::Corrupt {
+                    path: path.clone(),
+                    message: format!("chain {} holds a seq in two days", chain.label()),
+                });
+            }
             let bytes = std::fs::read(path).map_err(io_err("read", path))?;
             let corrupt = |message: String| StoreError::Corrupt {
                 path: path.clone(),
@@ -258,12 +322,16 @@ impl ArchiveBackend for FsArchive {
         blocking(move || this.recover_blocking()).await
     }
 
-    async fn put(&self, chain: &ChainKey, seq: u64, bytes: Bytes) -> Result<(), StoreError> {
+    async fn put(&self, chain: &ChainKey, seq: u64, bytes: Bytes) -> Result<String, StoreError> {
         let (this, chain) = (self.clone(), chain.clone());
         blocking(move || this.put_blocking(&chain, seq, &bytes)).await
     }
 
-    async fn get(&self, chain: &ChainKey, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn get(
+        &self,
+        chain: &ChainKey,
+        seq: u64,
+    ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
         let (this, chain) = (self.clone(), chain.clone());
         blocking(move || this.get_blocking(&chain, seq)).await
     }
@@ -297,24 +365,29 @@ mod tests {
             .await
             .unwrap();
 
-        let expected = dir
-            .path()
-            .join("web-1/audit/abababababababababababababababab/00000000000000000001.lvb");
+        let today = archive::today();
+        let expected = dir.path().join(format!(
+            "web-1/audit/{today}/abababababababababababababababab/00000000000000000001.lvb"
+        ));
         assert_eq!(std::fs::read(&expected).unwrap(), bytes);
         assert_eq!(mode(&expected), 0o440);
         for d in [
-            "web-1",
-            "web-1/audit",
-            "web-1/audit/abababababababababababababababab",
+            "web-1".to_string(),
+            "web-1/audit".to_string(),
+            format!("web-1/audit/{today}"),
+            format!("web-1/audit/{today}/abababababababababababababababab"),
         ] {
-            assert_eq!(mode(&dir.path().join(d)), 0o750, "{d}");
+            assert_eq!(mode(&dir.path().join(&d)), 0o750, "{d}");
         }
         let names: Vec<_> = std::fs::read_dir(expected.parent().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "no temp file left: {names:?}");
-        assert_eq!(store.get(&key_of(&c), 1).await.unwrap(), Some(bytes));
+        assert_eq!(
+            store.get(&key_of(&c), 1).await.unwrap(),
+            Some((today, bytes))
+        );
         assert_eq!(store.get(&key_of(&c), 2).await.unwrap(), None);
     }
 
@@ -336,7 +409,33 @@ mod tests {
         let other = Bytes::from(c.next_data(&["b"]));
         let err = store.put(&key, 1, other).await.unwrap_err();
         assert!(matches!(err, StoreError::AlreadyStored { .. }), "{err}");
-        assert_eq!(store.get(&key, 1).await.unwrap(), Some(first));
+        assert_eq!(store.get(&key, 1).await.unwrap().unwrap().1, first);
+    }
+
+    #[tokio::test]
+    async fn a_seq_stored_on_an_earlier_day_is_not_stored_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsArchive::open(dir.path()).unwrap();
+        let mut c = Chain::new("web-1", "default", [1; 16]);
+        let bytes = c.next_data(&["a"]);
+        let yesterday =
+            archive::batch_path(dir.path(), "web-1", "default", "2020-01-01", &c.chain_id, 1);
+        std::fs::create_dir_all(yesterday.parent().unwrap()).unwrap();
+        std::fs::write(&yesterday, &bytes).unwrap();
+        let day = store
+            .put(&key_of(&c), 1, Bytes::from(bytes.clone()))
+            .await
+            .unwrap();
+        assert_eq!(day, "2020-01-01");
+        assert!(!c.dir(dir.path()).join(archive::batch_file_name(1)).exists());
+        let other = Bytes::from(c.next_data(&["b"]));
+        // Same seq 1 with different bytes (a fork) is refused.
+        let mut fork = Chain::new("web-1", "default", [1; 16]);
+        let forked = Bytes::from(fork.next_data(&["zzz"]));
+        std::fs::remove_dir(c.dir(dir.path())).unwrap();
+        let err = store.put(&key_of(&c), 1, forked).await.unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyStored { .. }), "{err}");
+        store.put(&key_of(&c), 2, other).await.unwrap();
     }
 
     #[tokio::test]
@@ -381,6 +480,7 @@ mod tests {
         let bytes = a.next_data(&["a"]);
         // Batch 1 renamed to seq 2.
         std::fs::create_dir_all(a.dir(dir.path())).unwrap();
+        // (the file is written into today's chain directory)
         std::fs::write(a.dir(dir.path()).join(archive::batch_file_name(2)), bytes).unwrap();
         let err = store.recover().await.unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");

@@ -27,8 +27,15 @@ impl Chain {
         }
     }
 
+    /// The chain's directory for batches written today.
     pub fn dir(&self, root: &Path) -> PathBuf {
-        crate::archive::chain_dir(root, &self.host, &self.stream, &self.chain_id)
+        crate::archive::chain_dir(
+            root,
+            &self.host,
+            &self.stream,
+            &crate::archive::today(),
+            &self.chain_id,
+        )
     }
 
     /// Writes `<host>.pub` into `keys_dir`.
@@ -120,11 +127,12 @@ impl Chain {
     }
 }
 
-/// Writes an envelope where the archive layout puts it; returns the path.
+/// Writes an envelope where the archive layout puts it (today's day); returns the path.
 pub fn write_archive_file(root: &Path, bytes: &[u8]) -> PathBuf {
     let env = crate::envelope::Envelope::decode(bytes).unwrap();
     let h = &env.header;
-    let path = crate::archive::batch_path(root, &h.host_id, &h.stream, &h.chain_id, h.seq);
+    let day = crate::archive::today();
+    let path = crate::archive::batch_path(root, &h.host_id, &h.stream, &day, &h.chain_id, h.seq);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, bytes).unwrap();
     path

@@ -1,8 +1,8 @@
 //! The checks a batch must pass before chain rules apply, and the reasons for refusing one.
 //!
 //! Order, first failure wins: decode (400 `malformed`) → host enrolled (403 `unknown_host`) →
-//! key id, signature, payload hash (401 `key_mismatch`, 401 `bad_signature`, 400
-//! `payload_hash`) → payload (413 `decompressed_too_large`, 400 `bad_payload`, 422
+//! key id is one of the host's keys, signature, payload hash (401 `key_mismatch`, 401
+//! `bad_signature`, 400 `payload_hash`) → the key is not revoked (401 `key_revoked`) → payload (413 `decompressed_too_large`, 400 `bad_payload`, 422
 //! `bad_records`, 400 `bad_tombstone`). These checks need no state beyond the trusted keys
 //! directory, so they run outside the per-chain lock. `crate::verify` reuses
 //! [`check_payload`] so the offline verifier holds archived batches to the same rules.
@@ -34,6 +34,12 @@ pub enum Rejection {
     KeyMismatch(VerifyError),
     #[error("signature does not verify against the host's enrolled key")]
     BadSignature,
+    #[error("key {key_id} of host {host} is revoked")]
+    KeyRevoked { host: String, key_id: String },
+    #[error("the client certificate is not valid for host {host}")]
+    HostMismatch { host: String },
+    #[error("the gap statement is invalid: {0}")]
+    BadGap(String),
     #[error("payload SHA-256 does not match the header")]
     PayloadHash,
     #[error("payload decompresses past the limit of {limit} bytes")]
@@ -65,6 +71,9 @@ impl Rejection {
             Rejection::UnknownHost { .. } => "unknown_host",
             Rejection::KeyMismatch(_) => "key_mismatch",
             Rejection::BadSignature => "bad_signature",
+            Rejection::KeyRevoked { .. } => "key_revoked",
+            Rejection::HostMismatch { .. } => "host_mismatch",
+            Rejection::BadGap(_) => "bad_gap",
             Rejection::PayloadHash => "payload_hash",
             Rejection::DecompressedTooLarge { .. } => "decompressed_too_large",
             Rejection::BadPayload(_) => "bad_payload",
@@ -86,9 +95,12 @@ impl Rejection {
             | Rejection::Malformed(_)
             | Rejection::PayloadHash
             | Rejection::BadPayload(_)
-            | Rejection::BadTombstone(_) => StatusCode::BAD_REQUEST,
-            Rejection::UnknownHost { .. } => StatusCode::FORBIDDEN,
-            Rejection::KeyMismatch(_) | Rejection::BadSignature => StatusCode::UNAUTHORIZED,
+            | Rejection::BadTombstone(_)
+            | Rejection::BadGap(_) => StatusCode::BAD_REQUEST,
+            Rejection::UnknownHost { .. } | Rejection::HostMismatch { .. } => StatusCode::FORBIDDEN,
+            Rejection::KeyMismatch(_) | Rejection::BadSignature | Rejection::KeyRevoked { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
             Rejection::BadRecords(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Rejection::BrokenChain { .. }
             | Rejection::SeqConflict { .. }
@@ -116,6 +128,8 @@ pub enum InternalError {
     Key { path: PathBuf, message: String },
     #[error("archive: {0}")]
     Store(#[from] super::store::StoreError),
+    #[error("{0}")]
+    Ledger(#[from] crate::custody::LedgerError),
     #[error("validation task failed: {0}")]
     Task(String),
 }
@@ -147,30 +161,19 @@ pub fn validate(
     max_decompressed: u64,
 ) -> Result<Validated, Refusal> {
     let env = Envelope::decode(&bytes).map_err(Rejection::Malformed)?;
-    let key_path = keys_dir.join(format!("{}.pub", env.header.host_id));
-    let key = match keys::load_verifying_key(&key_path) {
-        Ok(key) => key,
-        Err(keys::KeyError::Read { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound =>
-        {
-            return Err(Rejection::UnknownHost {
-                host: env.header.host_id.clone(),
-            }
-            .into())
-        }
-        Err(e) => {
-            return Err(InternalError::Key {
-                path: key_path,
-                message: e.to_string(),
-            }
-            .into())
-        }
-    };
-    env.verify(&key).map_err(|e| match e {
+    let key = host_key(keys_dir, &env.header.host_id, &env.header.key_id)?;
+    env.verify(&key.key).map_err(|e| match e {
         VerifyError::KeyId { .. } => Rejection::KeyMismatch(e),
         VerifyError::Signature => Rejection::BadSignature,
         VerifyError::PayloadHash => Rejection::PayloadHash,
     })?;
+    if key.revoked {
+        return Err(Rejection::KeyRevoked {
+            host: env.header.host_id.clone(),
+            key_id: key.key_id,
+        }
+        .into());
+    }
     let records = check_payload(&env, max_decompressed)?;
     Ok(Validated {
         header: env.header.clone(),
@@ -178,6 +181,31 @@ pub fn validate(
         records,
         bytes: bytes.clone(),
     })
+}
+
+/// The host's enrolled key with `key_id` (revoked or not). No key at all: `unknown_host`;
+/// keys, but none with that id: `key_mismatch`.
+pub fn host_key(keys_dir: &Path, host: &str, key_id: &str) -> Result<keys::TrustedKey, Refusal> {
+    let all = keys::trusted_keys(keys_dir, host).map_err(|e| InternalError::Key {
+        path: keys_dir.join(host),
+        message: e.to_string(),
+    })?;
+    if all.is_empty() {
+        return Err(Rejection::UnknownHost { host: host.into() }.into());
+    }
+    match all.iter().find(|k| k.key_id == key_id) {
+        Some(k) => Ok(k.clone()),
+        None => Err(Rejection::KeyMismatch(VerifyError::KeyId {
+            expected: all
+                .iter()
+                .filter(|k| !k.revoked)
+                .map(|k| k.key_id.as_str())
+                .collect::<Vec<_>>()
+                .join(" or "),
+            actual: key_id.into(),
+        })
+        .into()),
+    }
 }
 
 /// Checks the payload against the header (see the module doc); returns the record count.
@@ -354,6 +382,35 @@ mod tests {
             (err.code(), err.status()),
             ("key_mismatch", StatusCode::UNAUTHORIZED)
         );
+    }
+
+    #[test]
+    fn a_rotated_key_is_accepted_and_a_revoked_one_refused() {
+        let keys = tempfile::tempdir().unwrap();
+        let old = Chain::new("web-1", "default", [1; 16]);
+        let mut new = Chain::new("web-1", "default", [1; 16]);
+        new.key = keys::generate();
+        let host_dir = keys.path().join("web-1");
+        std::fs::create_dir(&host_dir).unwrap();
+        let line = |c: &Chain| keys::public_key_line(&c.key.verifying_key());
+        std::fs::write(host_dir.join("old.pub"), line(&old)).unwrap();
+        std::fs::write(host_dir.join("new.pub"), line(&new)).unwrap();
+        let b_old = old.data_over(&old.records(&["a"]), 1);
+        let b_new = new.data_over(&new.records(&["a"]), 1);
+        run(&old, keys.path(), b_old.clone()).unwrap();
+        run(&new, keys.path(), b_new.clone()).unwrap();
+        std::fs::rename(host_dir.join("old.pub"), host_dir.join("old.pub.revoked")).unwrap();
+        let err = run(&old, keys.path(), b_old).unwrap_err();
+        assert_eq!(
+            (err.code(), err.status()),
+            ("key_revoked", StatusCode::UNAUTHORIZED)
+        );
+        run(&new, keys.path(), b_new).unwrap();
+        // A key that was never enrolled for the host.
+        let mut stranger = Chain::new("web-1", "default", [1; 16]);
+        stranger.key = keys::generate();
+        let err = run(&old, keys.path(), stranger.data_over(b"", 0)).unwrap_err();
+        assert_eq!(err.code(), "key_mismatch");
     }
 
     #[test]
