@@ -93,12 +93,7 @@ fn store_outage_and_full_buffer_pause_reading_and_lose_nothing() {
     let file = w.logs().join("outage.log");
     let total = 80_000; // ~4 MB: far more than the buffer and the in-flight chunks hold
     write_lines(&file, "o", 0, total);
-    let metric = |name: &str| -> Option<f64> {
-        let body = http_get(telemetry_port, "/metrics")?;
-        body.lines()
-            .find(|l| l.starts_with(name) && !l.starts_with('#'))
-            .and_then(|l| l.split_whitespace().last()?.parse().ok())
-    };
+    let metric = |name: &str| metric(telemetry_port, name);
     wait_until(LONG, "the buffer fills while the store is down", || {
         metric("logveil_agent_buffer_full_pauses_total").is_some_and(|n| n >= 1.0)
     });
@@ -122,21 +117,6 @@ fn store_outage_and_full_buffer_pause_reading_and_lose_nothing() {
     let _store = w.start_receiver();
     let records = w.wait_records(total, LONG);
     assert_file_shipped_exactly_once(&records, &file);
-}
-
-/// A tiny HTTP GET for the telemetry endpoint.
-pub fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out.split_once("\r\n\r\n")?.1.to_string())
 }
 
 #[test]

@@ -150,3 +150,62 @@ fn the_agent_refuses_to_start_with_batches_above_the_store_limits() {
         agent.log_text()
     );
 }
+
+#[test]
+fn batches_lost_from_the_agent_buffer_are_declared_as_a_gap_in_the_custody_ledger() {
+    let mut w = World::new();
+    let out = Command::new(bin())
+        .args(["keygen", "--name", "store", "--out"])
+        .arg(w.path("keys"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    w.receiver_extra = format!("store_key = \"{}\"\n", w.path("keys/store.key").display());
+    let telemetry = free_port();
+    w.agent_extra =
+        format!("batch_max_bytes = 8192\n[telemetry]\nlisten = \"127.0.0.1:{telemetry}\"\n");
+    // The store is down: batches pile up in the buffer.
+    let mut agent = w.start_agent();
+    let file = w.logs().join("g.log");
+    lines(&file, "g", 0, 1000);
+    wait_until(LONG, "all lines read and several batches sealed", || {
+        metric(telemetry, "logveil_agent_lines_read_total") == Some(1000.0)
+            && metric(telemetry, "logveil_agent_buffer_batches").is_some_and(|b| b >= 4.0)
+    });
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(20)).success());
+    // The buffer loses its two oldest batches (a restored backup, a disk fault).
+    let lost_records = {
+        let buffer =
+            logveil::buffer::Buffer::open(&w.path("data/buffer"), 1 << 20, 1 << 40).unwrap();
+        let mut lost = 0;
+        for _ in 0..2 {
+            let b = buffer.oldest().unwrap().unwrap();
+            let env = logveil::envelope::Envelope::decode(&b.envelope).unwrap();
+            lost += env.header.record_count as usize;
+            buffer.ack(&b.stream, b.seq).unwrap();
+        }
+        buffer.flush().unwrap();
+        lost
+    };
+    let _store = w.start_receiver();
+    let agent = w.start_agent();
+    w.wait_records(1000 - lost_records, LONG);
+    assert!(agent.log_text().contains("declaring the gap"));
+    let ledger = std::fs::read_to_string(w.path("archive/.custody/ledger.jsonl")).unwrap();
+    assert!(ledger.contains("gap"), "the custody ledger records the gap");
+    let verify = Command::new(bin())
+        .args(["verify", "--archive"])
+        .arg(w.path("archive"))
+        .arg("--keys")
+        .arg(w.path("trusted"))
+        .arg("--store-key")
+        .arg(w.path("keys/store.pub"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "a declared gap verifies: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}

@@ -42,6 +42,10 @@ struct Attempt {
     verdict: Verdict,
     status: Option<u16>,
     detail: String,
+    /// The store's reason code (`seq_gap`, `unknown_host`, ...), when it sent one.
+    code: Option<String>,
+    /// For 409: the seq the store expects next.
+    expected_seq: Option<u64>,
 }
 
 impl Shipper {
@@ -114,6 +118,15 @@ impl Shipper {
                     );
                     wait
                 }
+                Verdict::Conflict
+                    if outcome.code.as_deref() == Some("seq_gap")
+                        && outcome.expected_seq.is_some_and(|e| e < stored.seq)
+                        && self
+                            .declare_gap(&stored, outcome.expected_seq.unwrap_or(1))
+                            .await =>
+                {
+                    continue;
+                }
                 Verdict::Misconfigured | Verdict::Conflict => {
                     self.metrics.batches_retried.inc();
                     tracing::error!(
@@ -149,6 +162,8 @@ impl Shipper {
                 verdict: Verdict::Retry { after: None },
                 status: None,
                 detail: client::describe(&e),
+                code: None,
+                expected_seq: None,
             },
             Ok(resp) => {
                 let status = resp.status();
@@ -161,21 +176,75 @@ impl Shipper {
                     });
                 // The store's JSON error names a reason code; keep it short for logs.
                 let body = resp.text().await.unwrap_or_default();
-                let detail = serde_json::from_str::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| {
-                        let code = v.get("error")?.as_str()?.to_string();
-                        Some(match v.get("expected_seq").and_then(|s| s.as_u64()) {
-                            Some(e) => format!("{code} (expected seq {e})"),
-                            None => code,
-                        })
-                    })
-                    .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
+                let json = serde_json::from_str::<serde_json::Value>(&body).ok();
+                let code = json
+                    .as_ref()
+                    .and_then(|v| Some(v.get("error")?.as_str()?.to_string()));
+                let expected_seq = json.as_ref().and_then(|v| v.get("expected_seq")?.as_u64());
+                let detail = match (&code, expected_seq) {
+                    (Some(c), Some(e)) => format!("{c} (expected seq {e})"),
+                    (Some(c), None) => c.clone(),
+                    _ => format!("HTTP {}", status.as_u16()),
+                };
                 Attempt {
                     verdict: retry::classify(status, after),
                     status: Some(status.as_u16()),
                     detail,
+                    code,
+                    expected_seq,
                 }
+            }
+        }
+    }
+
+    /// The store lacks seqs `expected..stored.seq` and this agent no longer holds them (it
+    /// ships oldest first, so anything older than `stored` is gone): declare the gap with a
+    /// signed statement (`POST /v1/gaps`), so the store records it in its custody ledger,
+    /// raises an alert and lets the chain continue. Returns whether the store accepted it.
+    async fn declare_gap(&self, stored: &Stored, expected: u64) -> bool {
+        let Ok(env) = Envelope::decode(&stored.envelope) else {
+            return false;
+        };
+        let h = &env.header;
+        let statement = crate::receive::gap::GapStatement {
+            host: h.host_id.clone(),
+            stream: h.stream.clone(),
+            chain: h.chain_id_hex(),
+            key_id: h.key_id.clone(),
+            from: expected,
+            to: h.seq - 1,
+            link: hex::encode(h.prev_hash),
+            reason: "the agent's buffer no longer holds these batches".into(),
+        };
+        tracing::error!(
+            stream = %h.stream,
+            from = expected,
+            to = h.seq - 1,
+            "batches the central store never received are gone from this agent's buffer; declaring the gap to the store"
+        );
+        let Ok(url) = self.url.join("gaps") else {
+            return false;
+        };
+        let body = serde_json::to_vec(&statement.sign(&self.key)).unwrap_or_default();
+        match self
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => true,
+            Ok(r) => {
+                tracing::error!(
+                    status = r.status().as_u16(),
+                    "the central store refused the gap declaration"
+                );
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %client::describe(&e), "could not declare the gap; will retry");
+                false
             }
         }
     }

@@ -336,3 +336,26 @@ pub fn assert_file_shipped_exactly_once(records: &[serde_json::Value], file: &Pa
     }
     expected.len()
 }
+
+/// A tiny HTTP GET, for the telemetry endpoint.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_string())
+}
+
+/// The value of a metric (the first sample whose name starts with `name`).
+pub fn metric(port: u16, name: &str) -> Option<f64> {
+    let body = http_get(port, "/metrics")?;
+    body.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+}
