@@ -107,7 +107,7 @@ fn refused_batches_are_dead_lettered_tombstoned_and_replayable() {
 }
 
 #[test]
-fn server_errors_are_retried_until_the_store_recovers() {
+fn server_errors_are_retried_after_retry_after_until_the_store_recovers() {
     let mut w = World::new();
     let _store = w.start_receiver();
     let agent = w.start_agent();
@@ -127,9 +127,21 @@ fn server_errors_are_retried_until_the_store_recovers() {
     std::fs::rename(&chain_dir, &aside).unwrap();
     std::fs::write(&chain_dir, b"not a directory").unwrap();
     lines(&file, "r", 10, 20);
+    // The store answers 503 with Retry-After: 2; the agent waits that long, not its own
+    // (much shorter, 50-500 ms in this config) backoff.
     wait_until(LONG, "the agent retries after a server error", || {
         agent.log_text().contains("delivery failed, will retry")
     });
+    let log = agent.log_text();
+    let retry = log
+        .lines()
+        .find(|l| l.contains("delivery failed, will retry"))
+        .unwrap();
+    assert!(retry.contains("status=503"), "{retry}");
+    assert!(
+        retry.contains("retry_in_ms=2000"),
+        "Retry-After not honoured: {retry}"
+    );
     std::fs::remove_file(&chain_dir).unwrap();
     std::fs::rename(&aside, &chain_dir).unwrap();
     let records = w.wait_records(20, LONG);

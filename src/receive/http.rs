@@ -9,7 +9,9 @@
 //!   - 413 `body_too_large` is answered from `Content-Length` alone, without reading the
 //!     body, and enforced again while the body streams in; 408 `request_timeout` when the
 //!     body has not arrived within `request_timeout`. Both close the connection;
-//!   - 500 `{"error": "internal"}` when the store itself failed; the agent retries.
+//!   - 503 `{"error": "unavailable"}` with `Retry-After` when the store itself failed (it
+//!     could not write, a key file was unreadable): nothing was stored, the agent retries
+//!     after the given time.
 //! - `POST /v1/gaps`, body = a host's signed gap statement (`gap`): 200
 //!   `{"status": "gap_recorded" | "duplicate", "from": N, "to": M}`, or a 4xx as above.
 //! - Anything else: 404 / 405 with the same JSON error shape.
@@ -145,12 +147,25 @@ where
             serde_json::json!({"status": "duplicate", "seq": seq}),
         ),
         Ok(Err(Refusal::Rejected(r))) => rejection(&r),
-        Ok(Err(Refusal::Internal(_))) | Err(_) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the store could not take the batch; retry later",
-        ),
+        Ok(Err(Refusal::Internal(_))) | Err(_) => unavailable(),
     }
+}
+
+/// Seconds a client is asked to wait after the store itself failed.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
+
+/// 503 with `Retry-After`: the store could not take the request now; nothing was written.
+fn unavailable() -> Response<Full<Bytes>> {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the store could not take the request; retry later",
+    );
+    r.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
+    );
+    r
 }
 
 async fn post_gap<A, B>(
