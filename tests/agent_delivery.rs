@@ -92,6 +92,7 @@ fn store_outage_and_full_buffer_pause_reading_and_lose_nothing() {
     let mut agent = w.start_agent();
     let file = w.logs().join("outage.log");
     let total = 80_000; // ~4 MB: far more than the buffer and the in-flight chunks hold
+    append(&w.logs().join("pii.log"), "contact jane.doe@example.com\n");
     write_lines(&file, "o", 0, total);
     let metric = |name: &str| metric(telemetry_port, name);
     wait_until(LONG, "the buffer fills while the store is down", || {
@@ -115,8 +116,25 @@ fn store_outage_and_full_buffer_pause_reading_and_lose_nothing() {
     );
     assert!(agent.is_running());
     let _store = w.start_receiver();
-    let records = w.wait_records(total, LONG);
+    let records = w.wait_records(total + 1, LONG);
     assert_file_shipped_exactly_once(&records, &file);
+    // Every counter a user watches is exposed.
+    let body = http_get(telemetry_port, "/metrics").unwrap();
+    for name in [
+        "logveil_agent_lines_read_total",
+        "logveil_agent_bytes_read_total",
+        "logveil_agent_redactions_total{type=\"email\"} 1",
+        "logveil_agent_batches_sealed_total",
+        "logveil_agent_batches_shipped_total",
+        "logveil_agent_batches_retried_total",
+        "logveil_agent_batches_dead_lettered_total",
+        "logveil_agent_buffer_bytes",
+        "logveil_agent_oldest_unshipped_batch_age_seconds",
+    ] {
+        assert!(body.contains(name), "{name} missing from /metrics");
+    }
+    assert!(metric("logveil_agent_batches_retried_total").unwrap() > 0.0);
+    assert_eq!(http_get(telemetry_port, "/health").unwrap(), "ok\n");
 }
 
 #[test]
