@@ -47,10 +47,20 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Redact lines from stdin to stdout with the agent's rules (built-ins without --config).
+    /// Redact lines from FILE (or stdin) to stdout with the agent's rules (built-ins
+    /// without --config). One output line per input line.
     Redact {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// How each line is read: plain text, JSON, logfmt, or detected per line.
+        #[arg(long, value_enum, default_value = "auto")]
+        format: FormatArg,
+        /// Write, per line, which rule matched which type at which byte span (never the
+        /// value) to stderr, or to the given file.
+        #[arg(long, num_args = 0..=1, default_missing_value = "-")]
+        explain: Option<PathBuf>,
+        /// Input file; stdin when absent.
+        file: Option<PathBuf>,
     },
     /// Verify an archive: signatures, payload hashes, sequences and hash chains.
     Verify {
@@ -102,6 +112,25 @@ enum DeadLetterCommand {
         #[arg(long)]
         seq: Option<u64>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    Plain,
+    Json,
+    Logfmt,
+    Auto,
+}
+
+impl From<FormatArg> for crate::config::Format {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Plain => Self::Plain,
+            FormatArg::Json => Self::Json,
+            FormatArg::Logfmt => Self::Logfmt,
+            FormatArg::Auto => Self::Auto,
+        }
+    }
 }
 
 /// Errors that map to the config exit code.
@@ -191,12 +220,31 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Redact { config } => {
+        Command::Redact {
+            config,
+            format,
+            explain,
+            file,
+        } => {
             let redactor = match config {
                 Some(path) => Redactor::from_config(&load_agent(&path)?.redact)?,
                 None => Redactor::defaults(),
             };
-            redact_stdio(&redactor)?;
+            let input: Box<dyn std::io::Read> = match &file {
+                Some(p) => Box::new(
+                    std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
+                ),
+                None => Box::new(std::io::stdin().lock()),
+            };
+            let explain: Option<Box<dyn Write>> = match explain {
+                None => None,
+                Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stderr().lock())),
+                Some(p) => Some(Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(&p)
+                        .with_context(|| format!("creating {}", p.display()))?,
+                ))),
+            };
+            redact_stream(&redactor, format.into(), input, explain)?;
         }
         Command::Verify { archive, keys } => {
             let report = crate::verify::verify(&archive, &keys);
@@ -219,18 +267,26 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 /// One output line per input line; a `\r` before the `\n` is dropped like the agent does.
-fn redact_stdio(redactor: &Redactor) -> anyhow::Result<()> {
-    let stdin = std::io::stdin();
-    let mut input = std::io::BufReader::with_capacity(1 << 16, stdin.lock());
+/// A record dropped by `drop_record` gives an empty line, so lines stay aligned.
+fn redact_stream(
+    redactor: &Redactor,
+    format: crate::config::Format,
+    input: Box<dyn std::io::Read>,
+    mut explain: Option<Box<dyn Write>>,
+) -> anyhow::Result<()> {
+    let mut input = std::io::BufReader::with_capacity(1 << 16, input);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut line = Vec::new();
     let mut counts = Counts::default();
+    let mut found = Vec::new();
+    let mut number = 0u64;
     loop {
         line.clear();
         if input.read_until(b'\n', &mut line)? == 0 {
             break;
         }
+        number += 1;
         if line.last() == Some(&b'\n') {
             line.pop();
             if line.last() == Some(&b'\r') {
@@ -238,11 +294,37 @@ fn redact_stdio(redactor: &Redactor) -> anyhow::Result<()> {
             }
         }
         let (text, _) = crate::pipeline::record::decode_line(&line);
-        out.write_all(redactor.redact(&text, &mut counts).as_bytes())?;
+        found.clear();
+        let red = redactor.redact_record(
+            &text,
+            format,
+            &mut counts,
+            explain.as_ref().map(|_| &mut found),
+        );
+        if !red.dropped {
+            out.write_all(red.text.as_bytes())?;
+        }
         out.write_all(b"\n")?;
+        if let Some(ex) = explain.as_mut() {
+            for e in &found {
+                writeln!(
+                    ex,
+                    "line={number} start={} end={} type={} rule={} mode={}{}",
+                    e.start,
+                    e.end,
+                    e.kind,
+                    e.rule,
+                    e.mode,
+                    if red.dropped { " record=dropped" } else { "" }
+                )?;
+            }
+        }
         counts.clear();
     }
     out.flush()?;
+    if let Some(ex) = explain.as_mut() {
+        ex.flush()?;
+    }
     Ok(())
 }
 
