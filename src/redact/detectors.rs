@@ -34,7 +34,12 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         kind: "marketplace_email",
         rule: "marketplace_email",
-        pattern: concat!(r"(?i-u)", local!(), at!(), r"marketplace\.amazon(?:\.[a-z]{2,3}){1,2}"),
+        pattern: concat!(
+            r"(?i-u)",
+            local!(),
+            at!(),
+            r"marketplace\.amazon(?:\.[a-z]{2,3}){1,2}"
+        ),
         group: 0,
         validate: validate::email,
     },
@@ -102,7 +107,7 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         kind: "card",
         rule: "card",
-        pattern: r"(?-u)\d(?:[ \-]?\d){12,18}",
+        pattern: r"(?-u)\d(?:[ \-+]?\d){12,18}",
         group: 0,
         validate: validate::card,
     },
@@ -165,7 +170,7 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         kind: "phone",
         rule: "phone_national",
-        pattern: r"(?-u)(?:\(\d{2,5}\)[ .\-]?)?\d[\d .\-]{7,16}\d(?:\s?(?:x|ext\.?)\s?\d{1,5})?",
+        pattern: r"(?-u)(?:\(\d{2,5}\)[ .\-]?\d[\d .\-/]{4,14}\d|\d[\d .\-/]{7,16}\d)(?:\s?(?:x|ext\.?)\s?\d{1,5})?",
         group: 0,
         validate: validate::phone_national,
     },

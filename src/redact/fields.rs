@@ -159,11 +159,52 @@ pub fn normalize(key: &str) -> String {
 /// Short key fragments, one of which every built-in PII field name contains: a line
 /// without any of them cannot have a PII field and skips the `key=value` pass.
 pub const KEY_HINTS: &[&str] = &[
-    "mail", "phone", "name", "addr", "street", "line1", "line2", "zip", "post", "birth", "dob",
-    "ssn", "sin", "tin", "ein", "vat", "tax", "gst", "cpf", "cnpj", "rfc", "abn", "iban", "bank",
-    "card", "pan", "cvv", "cvc", "pass", "pwd", "secret", "token", "key", "auth", "cred",
-    "holder", "recipient", "beneficiary", "attn", "tel", "fax", "mobile", "msisdn", "business",
-    "geburt", "nacim",
+    "mail",
+    "phone",
+    "name",
+    "addr",
+    "street",
+    "line1",
+    "line2",
+    "zip",
+    "post",
+    "birth",
+    "dob",
+    "ssn",
+    "sin",
+    "tin",
+    "ein",
+    "vat",
+    "tax",
+    "gst",
+    "cpf",
+    "cnpj",
+    "rfc",
+    "abn",
+    "iban",
+    "bank",
+    "card",
+    "pan",
+    "cvv",
+    "cvc",
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "key",
+    "auth",
+    "cred",
+    "holder",
+    "recipient",
+    "beneficiary",
+    "attn",
+    "tel",
+    "fax",
+    "mobile",
+    "msisdn",
+    "business",
+    "geburt",
+    "nacim",
 ];
 
 /// Already masked by the application (`************4242`, `***-**-6789`, `XXXX-…-9367`).
@@ -190,9 +231,32 @@ pub fn already_masked(value: &str) -> bool {
     masks >= 3 && digits_tail <= 4
 }
 
+/// `Type(name=GetObject)`: a bare CamelCase identifier under the generic `name` key inside
+/// a code object's `toString` is the name of a thing, not of a person. Only this generic
+/// key is affected; `buyer_name=` and quoted values are always fields.
+pub fn code_object_attribute(text: &str, key_start: usize, value: &str) -> bool {
+    let b = text.as_bytes();
+    let in_object = key_start >= 2
+        && matches!(b[key_start - 1], b'(' | b' ' | b',')
+        && text[..key_start].rfind('(').is_some_and(|p| {
+            p > 0 && b[p - 1].is_ascii_alphanumeric() && !text[p..key_start].contains(')')
+        });
+    let key = &text[key_start..];
+    let camel = value.bytes().all(|c| c.is_ascii_alphanumeric())
+        && value.as_bytes().first().is_some_and(u8::is_ascii_uppercase)
+        && value
+            .as_bytes()
+            .windows(2)
+            .any(|w| w[0].is_ascii_lowercase() && w[1].is_ascii_uppercase());
+    in_object && camel && key.len() >= 4 && key[..4].eq_ignore_ascii_case("name")
+}
+
 /// Values that carry nothing: JSON literals and empty strings.
 pub fn is_empty_value(value: &str) -> bool {
-    matches!(value.trim(), "" | "null" | "true" | "false" | "-" | "none" | "None" | "nil")
+    matches!(
+        value.trim(),
+        "" | "null" | "true" | "false" | "-" | "none" | "None" | "nil"
+    )
 }
 
 #[cfg(test)]
@@ -217,7 +281,15 @@ mod tests {
 
     #[test]
     fn words_about_pii_are_not_fields() {
-        for k in ["email_hash", "phone_verified", "hostname", "username", "NextToken", "card", "account"] {
+        for k in [
+            "email_hash",
+            "phone_verified",
+            "hostname",
+            "username",
+            "NextToken",
+            "card",
+            "account",
+        ] {
             assert_eq!(builtin_field_type(&normalize(k)), None, "{k}");
         }
     }

@@ -98,17 +98,32 @@ impl<'a, F: FieldTypes> Walker<'a, F> {
             Some(b'[') => self.array(field, depth),
             Some(b'"') => {
                 let (s, e, escaped) = self.string()?;
-                self.leaves.push(Leaf { start: s, end: e, kind: LeafKind::Str, escaped, field });
+                self.leaves.push(Leaf {
+                    start: s,
+                    end: e,
+                    kind: LeafKind::Str,
+                    escaped,
+                    field,
+                });
                 Ok(())
             }
             Some(b'-' | b'0'..=b'9') => {
                 let s = self.pos;
                 while self.pos < self.b.len()
-                    && matches!(self.b[self.pos], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                    && matches!(
+                        self.b[self.pos],
+                        b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
+                    )
                 {
                     self.pos += 1;
                 }
-                self.leaves.push(Leaf { start: s, end: self.pos, kind: LeafKind::Num, escaped: false, field });
+                self.leaves.push(Leaf {
+                    start: s,
+                    end: self.pos,
+                    kind: LeafKind::Num,
+                    escaped: false,
+                    field,
+                });
                 Ok(())
             }
             Some(b't') => self.lit(b"true"),
@@ -179,8 +194,14 @@ impl<'a, F: FieldTypes> Walker<'a, F> {
             self.ws();
             let own = self.fields.field_type(&self.text[ks..ke]);
             let child = match (own, field) {
-                (Some(ty), Some(outer)) => Some(FieldHit { ty, member: outer.member }),
-                (Some(ty), None) => Some(FieldHit { ty, member: (member_start, 0) }),
+                (Some(ty), Some(outer)) => Some(FieldHit {
+                    ty,
+                    member: outer.member,
+                }),
+                (Some(ty), None) => Some(FieldHit {
+                    ty,
+                    member: (member_start, 0),
+                }),
                 (None, f) => f,
             };
             let leaves_before = self.leaves.len();
@@ -254,9 +275,15 @@ mod tests {
             .map(|l| &t[l.start..l.end])
             .collect();
         assert_eq!(under, vec!["X", "2", "y"]);
-        assert!(w.leaves.iter().any(|l| l.escaped && &t[l.start..l.end] == r#"z\"q"#));
+        assert!(w
+            .leaves
+            .iter()
+            .any(|l| l.escaped && &t[l.start..l.end] == r#"z\"q"#));
         let m = w.leaves.iter().find_map(|l| l.field).unwrap().member;
-        assert_eq!(&t[m.0..m.1], r#""shipping_address":{"city":"X","n":[2,"y"]}"#);
+        assert_eq!(
+            &t[m.0..m.1],
+            r#""shipping_address":{"city":"X","n":[2,"y"]}"#
+        );
     }
 
     #[test]

@@ -76,7 +76,9 @@ pub enum KeyFileError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("pseudonymisation key {path} is malformed: expected one line `{TAG} <base64 of 32 bytes>`")]
+    #[error(
+        "pseudonymisation key {path} is malformed: expected one line `{TAG} <base64 of 32 bytes>`"
+    )]
     Malformed { path: PathBuf },
     #[error("cannot write pseudonymisation key {path}: {source}")]
     Write {
@@ -104,7 +106,9 @@ impl PseudonymKey {
             path: path.to_path_buf(),
             source,
         })?;
-        let bad = || KeyFileError::Malformed { path: path.to_path_buf() };
+        let bad = || KeyFileError::Malformed {
+            path: path.to_path_buf(),
+        };
         let b64 = text.trim().strip_prefix(TAG).ok_or_else(bad)?.trim();
         let bytes = B64.decode(b64).map_err(|_| bad())?;
         let key: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
@@ -118,7 +122,10 @@ impl PseudonymKey {
         use std::os::unix::fs::OpenOptionsExt;
         let mut key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut key);
-        let err = |source| KeyFileError::Write { path: path.to_path_buf(), source };
+        let err = |source| KeyFileError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -156,7 +163,9 @@ mod tests {
         assert_eq!(a.token("email", "x@y.io"), a.token("email", "x@y.io"));
         assert_ne!(a.token("email", "x@y.io"), b.token("email", "x@y.io"));
         assert_ne!(a.token("email", "x@y.io"), a.token("email", "z@y.io"));
-        assert!(a.token("email", "x@y.io").starts_with(&format!("[HASH:email:{}:", a.id())));
+        assert!(a
+            .token("email", "x@y.io")
+            .starts_with(&format!("[HASH:email:{}:", a.id())));
     }
 
     #[test]

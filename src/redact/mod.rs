@@ -222,7 +222,9 @@ impl Redactor {
         kinds.push(UNSCANNABLE.to_string());
         let kind_of = |kinds: &mut Vec<String>, k: &str| -> Result<usize, RedactError> {
             if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(RedactError::BadType { kind: k.to_string() });
+                return Err(RedactError::BadType {
+                    kind: k.to_string(),
+                });
             }
             Ok(match kinds.iter().position(|x| x == k) {
                 Some(i) => i,
@@ -245,10 +247,16 @@ impl Redactor {
                 error: e.to_string(),
             })?;
             if let Some(m) = &rule.mode {
-                let mode = Mode::parse(m).map_err(|error| RedactError::BadMode { kind: rule.kind.clone(), error })?;
+                let mode = Mode::parse(m).map_err(|error| RedactError::BadMode {
+                    kind: rule.kind.clone(),
+                    error,
+                })?;
                 rule_modes.push((kind, mode));
             }
-            policy.push_str(&format!("rule\t{}\t{}\t{:?}\n", rule.kind, rule.pattern, rule.mode));
+            policy.push_str(&format!(
+                "rule\t{}\t{}\t{:?}\n",
+                rule.kind, rule.pattern, rule.mode
+            ));
             detectors.push(Detector {
                 kind,
                 rule: format!("rule[{index}]"),
@@ -261,7 +269,10 @@ impl Redactor {
         let enabled: Option<&Vec<String>> = cfg.detectors.as_ref();
         if let Some(list) = enabled {
             for name in list {
-                if !detectors::BUILTINS.iter().any(|b| b.rule == name || b.kind == name) {
+                if !detectors::BUILTINS
+                    .iter()
+                    .any(|b| b.rule == name || b.kind == name)
+                {
                     return Err(RedactError::UnknownDetector(name.clone()));
                 }
             }
@@ -303,44 +314,66 @@ impl Redactor {
                 Some(k) => Some(kind_of(&mut kinds, k)?),
                 None => None,
             };
-            let regex = Regex::new(&format!("^(?:{})$", a.pattern))
-                .map_err(|e| RedactError::BadAllow { index, error: e.to_string() })?;
+            let regex =
+                Regex::new(&format!("^(?:{})$", a.pattern)).map_err(|e| RedactError::BadAllow {
+                    index,
+                    error: e.to_string(),
+                })?;
             policy.push_str(&format!("allow\t{:?}\t{}\n", a.kind, a.pattern));
             allow.push(Allow { kind, regex });
         }
 
-        let default_mode = Mode::parse(&cfg.default_mode)
-            .map_err(|error| RedactError::BadMode { kind: "default_mode".into(), error })?;
+        let default_mode =
+            Mode::parse(&cfg.default_mode).map_err(|error| RedactError::BadMode {
+                kind: "default_mode".into(),
+                error,
+            })?;
         let mut modes = vec![default_mode; kinds.len()];
         for (k, m) in &cfg.modes {
             let kind = kind_of(&mut kinds, k)?;
             modes.resize(kinds.len(), default_mode);
-            modes[kind] = Mode::parse(m).map_err(|error| RedactError::BadMode { kind: k.clone(), error })?;
+            modes[kind] = Mode::parse(m).map_err(|error| RedactError::BadMode {
+                kind: k.clone(),
+                error,
+            })?;
         }
         modes.resize(kinds.len(), default_mode);
         for (kind, mode) in rule_modes {
             modes[kind] = mode;
         }
-        let unscannable = kinds.iter().position(|k| k == UNSCANNABLE).expect("built in");
+        let unscannable = kinds
+            .iter()
+            .position(|k| k == UNSCANNABLE)
+            .expect("built in");
         modes[unscannable] = Mode::Redact;
-        let mut sorted_modes: Vec<(String, &str)> =
-            kinds.iter().zip(&modes).map(|(k, m)| (k.clone(), m.name())).collect();
+        let mut sorted_modes: Vec<(String, &str)> = kinds
+            .iter()
+            .zip(&modes)
+            .map(|(k, m)| (k.clone(), m.name()))
+            .collect();
         sorted_modes.sort();
         for (k, m) in sorted_modes {
             policy.push_str(&format!("mode\t{k}\t{m}\n"));
         }
 
         let key = match &cfg.hash_key {
-            Some(path) => Some(PseudonymKey::load(path).map_err(|e| RedactError::HashKey(e.to_string()))?),
+            Some(path) => {
+                Some(PseudonymKey::load(path).map_err(|e| RedactError::HashKey(e.to_string()))?)
+            }
             None => None,
         };
         if modes.contains(&Mode::Hash) && key.is_none() {
-            return Err(RedactError::HashKey("a type uses mode \"hash\" but no key is configured".into()));
+            return Err(RedactError::HashKey(
+                "a type uses mode \"hash\" but no key is configured".into(),
+            ));
         }
         if let Some(k) = &key {
             policy.push_str(&format!("hash_key\t{}\n", k.id()));
         }
-        policy.push_str(&format!("mask_keep\t{}\nmax_record_bytes\t{}\n", cfg.mask_keep, cfg.max_record_bytes));
+        policy.push_str(&format!(
+            "mask_keep\t{}\nmax_record_bytes\t{}\n",
+            cfg.mask_keep, cfg.max_record_bytes
+        ));
 
         Ok(Redactor {
             kinds,
@@ -350,11 +383,20 @@ impl Redactor {
             kv: Regex::new(KV_PATTERN).expect("kv pattern compiles"),
             key_hints: AhoCorasick::builder()
                 .ascii_case_insensitive(true)
-                .build(fields::KEY_HINTS.iter().copied().chain(cfg.fields.iter().map(|f| f.name.as_str())).chain(cfg.sql_fields.iter().map(String::as_str)))
+                .build(
+                    fields::KEY_HINTS
+                        .iter()
+                        .copied()
+                        .chain(cfg.fields.iter().map(|f| f.name.as_str()))
+                        .chain(cfg.sql_fields.iter().map(String::as_str)),
+                )
                 .expect("hints compile"),
             sql_hints: AhoCorasick::builder()
                 .ascii_case_insensitive(true)
-                .build(["insert", "update", "delete", "select", "replace", "merge", "upsert", "call", "copy", "with"])
+                .build([
+                    "insert", "update", "delete", "select", "replace", "merge", "upsert", "call",
+                    "copy", "with",
+                ])
                 .expect("hints compile"),
             sql_statement: Regex::new(sql::STATEMENT).expect("sql pattern compiles"),
             base64: Regex::new(BASE64_PATTERN).expect("base64 pattern compiles"),
@@ -398,14 +440,19 @@ impl Redactor {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let mut found = Vec::new();
                 let mut numbers = Vec::new();
-                self.scan(text, format, 0, &mut found, &mut numbers).map(|_| (found, numbers))
+                self.scan(text, format, 0, &mut found, &mut numbers)
+                    .map(|_| (found, numbers))
             }))
             .unwrap_or(Err(ScanLimit))
         };
         match scanned {
             Ok((found, numbers)) => self.apply(text, found, &numbers, counts, explain),
             Err(ScanLimit) => {
-                let kind = self.kinds.iter().position(|k| k == UNSCANNABLE).expect("built in");
+                let kind = self
+                    .kinds
+                    .iter()
+                    .position(|k| k == UNSCANNABLE)
+                    .expect("built in");
                 counts.add(kind);
                 if let Some(ex) = explain {
                     ex.push(Explained {
@@ -431,8 +478,7 @@ impl Redactor {
         if let Some(&k) = self.field_names.get(&norm) {
             return Some(k);
         }
-        fields::builtin_field_type(&norm)
-            .and_then(|t| self.kinds.iter().position(|k| k == t))
+        fields::builtin_field_type(&norm).and_then(|t| self.kinds.iter().position(|k| k == t))
     }
 
     /// Finds everything in `text` (coordinates of `text`).
@@ -479,20 +525,18 @@ impl Redactor {
                     Some(f) if f.ty == self.sql_field => {
                         self.sql_spans(value, leaf.start, out, true);
                     }
-                    Some(f) => {
-                        if !fields::is_empty_value(value) && !fields::already_masked(value) {
-                            out.push(Finding {
-                                start: leaf.start,
-                                end: leaf.end,
-                                kind: f.ty,
-                                rule: Rule::Field,
-                                prio: 100,
-                                member: Some(f.member),
-                                via_view: false,
-                            });
-                        }
+                    Some(f) if !fields::is_empty_value(value) && !fields::already_masked(value) => {
+                        out.push(Finding {
+                            start: leaf.start,
+                            end: leaf.end,
+                            kind: f.ty,
+                            rule: Rule::Field,
+                            prio: 100,
+                            member: Some(f.member),
+                            via_view: false,
+                        });
                     }
-                    None => {}
+                    _ => {}
                 }
                 if leaf.escaped {
                     self.scan_view(&view::unescape(value), leaf.start, depth, out)?;
@@ -503,8 +547,12 @@ impl Redactor {
         if self.key_hints.is_match(text) {
             for c in self.kv.captures_iter(text) {
                 let key = c.get(1).expect("group 1 always matches");
-                let Some(ty) = self.field_type(key.as_str()) else { continue };
-                let Some(v) = c.get(2).or(c.get(3)).or(c.get(4)).or(c.get(5)) else { continue };
+                let Some(ty) = self.field_type(key.as_str()) else {
+                    continue;
+                };
+                let Some(v) = c.get(2).or(c.get(3)).or(c.get(4)).or(c.get(5)) else {
+                    continue;
+                };
                 let value = v.as_str();
                 if ty == self.sql_field {
                     self.sql_spans(value, v.start(), out, true);
@@ -513,13 +561,24 @@ impl Redactor {
                 if fields::is_empty_value(value) || fields::already_masked(value) {
                     continue;
                 }
+                if c.get(5).is_some() && fields::code_object_attribute(text, key.start(), value) {
+                    continue;
+                }
                 out.push(Finding {
                     start: v.start(),
                     end: v.end(),
                     kind: ty,
                     rule: Rule::Field,
                     prio: 100,
-                    member: Some((key.start(), v.end() + usize::from(text.as_bytes().get(v.end()).is_some_and(|&b| b == b'"' || b == b'\'')))),
+                    member: Some((
+                        key.start(),
+                        v.end()
+                            + usize::from(
+                                text.as_bytes()
+                                    .get(v.end())
+                                    .is_some_and(|&b| b == b'"' || b == b'\''),
+                            ),
+                    )),
                     via_view: false,
                 });
             }
@@ -545,11 +604,16 @@ impl Redactor {
             if !(b.iter().any(u8::is_ascii_uppercase) && b.iter().any(u8::is_ascii_lowercase)) {
                 continue;
             }
-            let Some(decoded) = view::base64_text(seg) else { continue };
+            let Some(decoded) = view::base64_text(seg) else {
+                continue;
+            };
             let mut inner = Vec::new();
             let mut nums = Vec::new();
             self.scan(&decoded, Format::Auto, depth + 1, &mut inner, &mut nums)?;
-            let inner: Vec<Finding> = inner.into_iter().filter(|f| !self.allowed(&decoded, f)).collect();
+            let inner: Vec<Finding> = inner
+                .into_iter()
+                .filter(|f| !self.allowed(&decoded, f))
+                .collect();
             if let Some(best) = inner.iter().min_by_key(|f| f.prio) {
                 out.push(Finding {
                     start: m.start(),
@@ -595,7 +659,11 @@ impl Redactor {
         }
         let mut spans = Vec::new();
         sql::literal_spans(text, &self.sql_statement, &mut spans);
-        let kind = self.kinds.iter().position(|k| k == UNSCANNABLE).expect("built in");
+        let kind = self
+            .kinds
+            .iter()
+            .position(|k| k == UNSCANNABLE)
+            .expect("built in");
         for (s, e) in spans {
             out.push(Finding {
                 start: s + offset,
@@ -655,7 +723,7 @@ impl Redactor {
         let value = &text[f.start..f.end];
         self.allow
             .iter()
-            .any(|a| a.kind.is_none_or(|k| k == f.kind) && a.regex.is_match(value))
+            .any(|a| a.kind.map_or(true, |k| k == f.kind) && a.regex.is_match(value))
     }
 
     fn rule_name(&self, f: &Finding) -> String {
@@ -682,7 +750,11 @@ impl Redactor {
         mut explain: Option<&mut Vec<Explained>>,
     ) -> Redacted<'a> {
         if found.is_empty() {
-            return Redacted { text: Cow::Borrowed(text), dropped: false, unscannable: false };
+            return Redacted {
+                text: Cow::Borrowed(text),
+                dropped: false,
+                unscannable: false,
+            };
         }
         // Clamp spans to char boundaries (views map to whole escapes; be safe anyway).
         for f in &mut found {
@@ -714,10 +786,19 @@ impl Redactor {
             }
             found = kept;
             if found.is_empty() {
-                return Redacted { text: Cow::Borrowed(text), dropped: false, unscannable: false };
+                return Redacted {
+                    text: Cow::Borrowed(text),
+                    dropped: false,
+                    unscannable: false,
+                };
             }
         }
-        found.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)).then(a.prio.cmp(&b.prio)));
+        found.sort_by(|a, b| {
+            a.start
+                .cmp(&b.start)
+                .then(b.end.cmp(&a.end))
+                .then(a.prio.cmp(&b.prio))
+        });
         // Merge overlapping findings into groups.
         struct Group {
             start: usize,
@@ -735,7 +816,12 @@ impl Redactor {
                     }
                     g.only_sql &= f.rule == Rule::SqlLiteral;
                 }
-                _ => groups.push(Group { start: f.start, end: f.end, best: i, only_sql: f.rule == Rule::SqlLiteral }),
+                _ => groups.push(Group {
+                    start: f.start,
+                    end: f.end,
+                    best: i,
+                    only_sql: f.rule == Rule::SqlLiteral,
+                }),
             }
         }
         let mut edits: Vec<(usize, usize, String)> = Vec::with_capacity(groups.len());
@@ -743,12 +829,20 @@ impl Redactor {
         for g in &groups {
             let best = &found[g.best];
             let (mut s, mut e) = (g.start, g.end);
-            let mode = if g.only_sql { Mode::Redact } else { self.modes[best.kind] };
+            let mode = if g.only_sql {
+                Mode::Redact
+            } else {
+                self.modes[best.kind]
+            };
             if let Some(ex) = explain.as_deref_mut() {
                 ex.push(Explained {
                     start: s,
                     end: e,
-                    kind: if g.only_sql { "sql_literal".into() } else { self.kinds[best.kind].clone() },
+                    kind: if g.only_sql {
+                        "sql_literal".into()
+                    } else {
+                        self.kinds[best.kind].clone()
+                    },
                     rule: self.rule_name(best),
                     mode: mode.name(),
                     allowed: false,
@@ -764,7 +858,11 @@ impl Redactor {
                 match mode {
                     Mode::Redact => format!("[REDACTED:{kind}]"),
                     Mode::Mask => mask::keep_last(&text[s..e], self.mask_keep),
-                    Mode::Hash => self.key.as_ref().expect("checked at config").token(kind, &text[s..e]),
+                    Mode::Hash => self
+                        .key
+                        .as_ref()
+                        .expect("checked at config")
+                        .token(kind, &text[s..e]),
                     Mode::DropRecord => {
                         dropped = true;
                         format!("[REDACTED:{kind}]")
@@ -791,7 +889,11 @@ impl Redactor {
             edits.push((s, e, repl));
         }
         if dropped {
-            return Redacted { text: Cow::Borrowed(""), dropped: true, unscannable: false };
+            return Redacted {
+                text: Cow::Borrowed(""),
+                dropped: true,
+                unscannable: false,
+            };
         }
         edits.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         let mut out = String::with_capacity(text.len());
@@ -809,7 +911,11 @@ impl Redactor {
             pos = e;
         }
         out.push_str(&text[pos..]);
-        Redacted { text: Cow::Owned(out), dropped: false, unscannable: false }
+        Redacted {
+            text: Cow::Owned(out),
+            dropped: false,
+            unscannable: false,
+        }
     }
 }
 

@@ -105,17 +105,33 @@ pub fn literal_spans(text: &str, re: &regex::Regex, out: &mut Vec<(usize, usize)
                 // next byte starts the statement body, so only skip real identifiers).
                 let close = b[i + 1..].iter().position(|&x| x == c).map(|p| i + 1 + p);
                 match close {
-                    Some(e) if e - i < 64 && b[i + 1..e].iter().all(|x| x.is_ascii_alphanumeric() || *x == b'_' || *x == b'.') => i = e + 1,
+                    Some(e)
+                        if e - i < 64
+                            && b[i + 1..e]
+                                .iter()
+                                .all(|x| x.is_ascii_alphanumeric() || *x == b'_' || *x == b'.') =>
+                    {
+                        i = e + 1
+                    }
                     _ => i += 1,
                 }
             }
             b'0'..=b'9' => {
-                let glued = i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'.' || b[i - 1] == b'$');
+                let glued = i > 0
+                    && (b[i - 1].is_ascii_alphanumeric()
+                        || b[i - 1] == b'_'
+                        || b[i - 1] == b'.'
+                        || b[i - 1] == b'$');
                 let mut j = i;
-                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'.' || b[j] == b'_') {
+                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'.' || b[j] == b'_')
+                {
                     j += 1;
                 }
-                if !glued && b[i..j].iter().all(|x| x.is_ascii_digit() || *x == b'.' || *x == b'e' || *x == b'E') {
+                if !glued
+                    && b[i..j]
+                        .iter()
+                        .all(|x| x.is_ascii_digit() || *x == b'.' || *x == b'e' || *x == b'E')
+                {
                     out.push((i, j));
                 }
                 i = j;
@@ -150,7 +166,9 @@ mod tests {
     #[test]
     fn pgaudit_literals_become_placeholders() {
         assert_eq!(
-            strip(r#"AUDIT: SESSION,1,1,WRITE,INSERT,TABLE,t,"INSERT INTO t(a, b) VALUES ('O''Brien', 76.22) RETURNING id",<not logged>"#),
+            strip(
+                r#"AUDIT: SESSION,1,1,WRITE,INSERT,TABLE,t,"INSERT INTO t(a, b) VALUES ('O''Brien', 76.22) RETURNING id",<not logged>"#
+            ),
             r#"AUDIT: SESSION,1,1,WRITE,INSERT,TABLE,t,"INSERT INTO t(a, b) VALUES ('?', ?) RETURNING id",<not logged>"#
         );
         assert_eq!(
@@ -162,7 +180,9 @@ mod tests {
     #[test]
     fn mariadb_quoted_statements_use_backslash_quotes() {
         assert_eq!(
-            strip(r"20240511 11:30:40,db,u,1.2.3.4,1,2,QUERY,shop,'UPDATE b SET n = \'Mahnaz O\'Sullivan\' WHERE id = 257972',0"),
+            strip(
+                r"20240511 11:30:40,db,u,1.2.3.4,1,2,QUERY,shop,'UPDATE b SET n = \'Mahnaz O\'Sullivan\' WHERE id = 257972',0"
+            ),
             r"20240511 11:30:40,db,u,1.2.3.4,1,2,QUERY,shop,'UPDATE b SET n = \'?\' WHERE id = ?',0"
         );
     }

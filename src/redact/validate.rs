@@ -78,7 +78,7 @@ pub fn luhn(digits: &[u8]) -> bool {
     sum % 10 == 0
 }
 
-/// 13–19 digits with optional single spaces or dashes, Luhn-valid. A greedy candidate
+/// 13–19 digits with optional single spaces, dashes or `+` (a form-encoded space), Luhn-valid. A greedy candidate
 /// that fails is narrowed group by group from the right (`4111 1111 1111 1111 2024`).
 pub fn card(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
     if byte_before(text, start).is_some_and(|b| is_word(b) || b == b'.') {
@@ -155,19 +155,83 @@ pub fn ssn_plain(text: &str, start: usize, end: usize) -> Option<(usize, usize)>
 /// Expected IBAN length per country (ISO 13616 registry).
 fn iban_length(cc: &[u8]) -> Option<usize> {
     Some(match cc {
-        b"AD" => 24, b"AE" => 23, b"AL" => 28, b"AT" => 20, b"AZ" => 28, b"BA" => 20,
-        b"BE" => 16, b"BG" => 22, b"BH" => 22, b"BR" => 29, b"BY" => 28, b"CH" => 21,
-        b"CR" => 22, b"CY" => 28, b"CZ" => 24, b"DE" => 22, b"DK" => 18, b"DO" => 28,
-        b"EE" => 20, b"EG" => 29, b"ES" => 24, b"FI" => 18, b"FO" => 18, b"FR" => 27,
-        b"GB" => 22, b"GE" => 22, b"GI" => 23, b"GL" => 18, b"GR" => 27, b"GT" => 28,
-        b"HR" => 21, b"HU" => 28, b"IE" => 22, b"IL" => 23, b"IQ" => 23, b"IS" => 26,
-        b"IT" => 27, b"JO" => 30, b"KW" => 30, b"KZ" => 20, b"LB" => 28, b"LC" => 32,
-        b"LI" => 21, b"LT" => 20, b"LU" => 20, b"LV" => 21, b"MC" => 27, b"MD" => 24,
-        b"ME" => 22, b"MK" => 19, b"MR" => 27, b"MT" => 31, b"MU" => 30, b"NL" => 18,
-        b"NO" => 15, b"PK" => 24, b"PL" => 28, b"PS" => 29, b"PT" => 25, b"QA" => 29,
-        b"RO" => 24, b"RS" => 22, b"SA" => 24, b"SC" => 31, b"SE" => 24, b"SI" => 19,
-        b"SK" => 24, b"SM" => 27, b"ST" => 25, b"SV" => 28, b"TL" => 23, b"TN" => 24,
-        b"TR" => 26, b"UA" => 29, b"VA" => 22, b"VG" => 24, b"XK" => 20,
+        b"AD" => 24,
+        b"AE" => 23,
+        b"AL" => 28,
+        b"AT" => 20,
+        b"AZ" => 28,
+        b"BA" => 20,
+        b"BE" => 16,
+        b"BG" => 22,
+        b"BH" => 22,
+        b"BR" => 29,
+        b"BY" => 28,
+        b"CH" => 21,
+        b"CR" => 22,
+        b"CY" => 28,
+        b"CZ" => 24,
+        b"DE" => 22,
+        b"DK" => 18,
+        b"DO" => 28,
+        b"EE" => 20,
+        b"EG" => 29,
+        b"ES" => 24,
+        b"FI" => 18,
+        b"FO" => 18,
+        b"FR" => 27,
+        b"GB" => 22,
+        b"GE" => 22,
+        b"GI" => 23,
+        b"GL" => 18,
+        b"GR" => 27,
+        b"GT" => 28,
+        b"HR" => 21,
+        b"HU" => 28,
+        b"IE" => 22,
+        b"IL" => 23,
+        b"IQ" => 23,
+        b"IS" => 26,
+        b"IT" => 27,
+        b"JO" => 30,
+        b"KW" => 30,
+        b"KZ" => 20,
+        b"LB" => 28,
+        b"LC" => 32,
+        b"LI" => 21,
+        b"LT" => 20,
+        b"LU" => 20,
+        b"LV" => 21,
+        b"MC" => 27,
+        b"MD" => 24,
+        b"ME" => 22,
+        b"MK" => 19,
+        b"MR" => 27,
+        b"MT" => 31,
+        b"MU" => 30,
+        b"NL" => 18,
+        b"NO" => 15,
+        b"PK" => 24,
+        b"PL" => 28,
+        b"PS" => 29,
+        b"PT" => 25,
+        b"QA" => 29,
+        b"RO" => 24,
+        b"RS" => 22,
+        b"SA" => 24,
+        b"SC" => 31,
+        b"SE" => 24,
+        b"SI" => 19,
+        b"SK" => 24,
+        b"SM" => 27,
+        b"ST" => 25,
+        b"SV" => 28,
+        b"TL" => 23,
+        b"TN" => 24,
+        b"TR" => 26,
+        b"UA" => 29,
+        b"VA" => 22,
+        b"VG" => 24,
+        b"XK" => 20,
         _ => return None,
     })
 }
@@ -181,7 +245,11 @@ fn iban_mod97(compact: &[u8]) -> bool {
             b'a'..=b'z' => u32::from(c - b'a') + 10,
             _ => return false,
         };
-        rem = if v >= 10 { (rem * 100 + v) % 97 } else { (rem * 10 + v) % 97 };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
     }
     rem == 1
 }
@@ -193,7 +261,10 @@ pub fn iban(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
         return None;
     }
     let b = text.as_bytes();
-    let cc = [b[start].to_ascii_uppercase(), b[start + 1].to_ascii_uppercase()];
+    let cc = [
+        b[start].to_ascii_uppercase(),
+        b[start + 1].to_ascii_uppercase(),
+    ];
     let want = iban_length(&cc)?;
     let mut compact = Vec::with_capacity(34);
     let mut i = start;
@@ -247,7 +318,9 @@ pub fn ipv6(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
         cand = &text[start..e];
     }
     let groups = cand.split(':').filter(|g| !g.is_empty()).count();
-    let hex_only = cand.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+    let hex_only = cand
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
     if !hex_only {
         return None;
     }
@@ -285,9 +358,33 @@ fn trim_phone_end(text: &str, start: usize, mut end: usize) -> usize {
 
 /// Keywords that say a nearby number is a phone number, in the corpus locales' languages.
 const PHONE_WORDS: &[&str] = &[
-    "phone", "tel", "mobile", "mobil", "cell", "call", "sms", "whatsapp", "fax", "contact",
-    "handy", "telefon", "téléphone", "portable", "teléfono", "telefono", "celular", "cellulare",
-    "電話", "携帯", "sent to", "text ", "dial", "ring", "numero", "número", "nummer",
+    "phone",
+    "tel",
+    "mobile",
+    "mobil",
+    "cell",
+    "call",
+    "sms",
+    "whatsapp",
+    "fax",
+    "contact",
+    "handy",
+    "telefon",
+    "téléphone",
+    "portable",
+    "teléfono",
+    "telefono",
+    "celular",
+    "cellulare",
+    "電話",
+    "携帯",
+    "sent to",
+    "text ",
+    "dial",
+    "ring",
+    "numero",
+    "número",
+    "nummer",
 ];
 
 /// National phone formats (`(720)783-9908`, `06 12 34 56 78`, `090-1234-5678`,
@@ -296,7 +393,8 @@ const PHONE_WORDS: &[&str] = &[
 /// written phone number (separators, or a leading 0 and 10–11 digits).
 pub fn phone_national(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
     let b = text.as_bytes();
-    if byte_before(text, start).is_some_and(|c| is_word(c) || c == b'.' || c == b'-' || c == b'/' || c == b':')
+    if byte_before(text, start)
+        .is_some_and(|c| is_word(c) || c == b'.' || c == b'-' || c == b'/' || c == b':')
     {
         return None;
     }
@@ -326,24 +424,34 @@ pub fn phone_national(text: &str, start: usize, end: usize) -> Option<(usize, us
     let open = byte_before(text, start);
     let close = byte_at(text, end);
     let delim = |c: Option<u8>| {
-        c.is_none_or(|c| matches!(c, b';' | b',' | b'"' | b'\'' | b'\t' | b'|' | b'(' | b')' | b'>' | b'<'))
+        c.map_or(true, |c| {
+            matches!(
+                c,
+                b';' | b',' | b'"' | b'\'' | b'\t' | b'|' | b'(' | b')' | b'>' | b'<'
+            )
+        })
     };
-    let field = delim(open) && delim(close);
+    // A parenthesised number followed by words (`(07 04 14 89 77 on file)`) is a field too.
+    let field = delim(open) && (delim(close) || (open == Some(b'(') && close == Some(b' ')));
     let shaped = (seps > 0 && seps <= 4) || (first_digit == Some(b'0') && d.len() >= 10);
     (field && shaped).then_some((start, end))
 }
 
 fn looks_like_date(cand: &[u8]) -> bool {
-    // 2024-05-11, 11.05.2024, 05/11/2024 and times 12:30:45 have their own shapes.
+    // 2024-05-11, 11.05.2024, 05/11/2024 and times 12:30:45 have their own shapes: one
+    // year-like part of four digits, the others of one or two.
     let s = std::str::from_utf8(cand).unwrap_or("");
     let parts: Vec<&str> = s.split(['-', '.', '/', ':']).collect();
+    let year = |p: &str| p.len() == 4 && (p.starts_with("19") || p.starts_with("20"));
     parts.len() == 3
-        && parts.iter().all(|p| p.len() <= 4 && p.bytes().all(|c| c.is_ascii_digit()))
-        && (parts[0].len() == 4 || parts[2].len() == 4)
+        && parts.iter().all(|p| p.bytes().all(|c| c.is_ascii_digit()))
+        && ((year(parts[0]) && parts[1].len() <= 2 && parts[2].len() <= 2)
+            || (year(parts[2]) && parts[0].len() <= 2 && parts[1].len() <= 2))
 }
 
 /// NANP numbers written with their usual punctuation (`(720) 783-9908`, `720-783-9908`,
-/// `720.783.9908`): area and exchange codes start with 2–9. Needs no keyword.
+/// `720.783.9908`, with an optional extension). The 3-3-4 grouping is what identifies
+/// them (generated data does not respect area-code rules), so no keyword is needed.
 pub fn phone_nanp(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
     if byte_before(text, start).is_some_and(|c| is_word(c) || c == b'.' || c == b'-' || c == b'/') {
         return None;
@@ -356,11 +464,7 @@ pub fn phone_nanp(text: &str, start: usize, end: usize) -> Option<(usize, usize)
         return None;
     }
     let d = digits_of(&text.as_bytes()[start..end]);
-    let d = if d.len() == 11 && d[0] == b'1' { &d[1..] } else { &d[..] };
-    if d.len() < 10 || d[0] < b'2' || d[3] < b'2' {
-        return None;
-    }
-    Some((start, end))
+    (d.len() >= 10).then_some((start, end))
 }
 
 /// Dates found after a birth keyword: the date part of the match must be a plausible
@@ -372,7 +476,12 @@ pub fn dob(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
         .filter(|p| !p.is_empty())
         .filter_map(|p| p.parse().ok())
         .collect();
-    if nums.is_empty() || nums.iter().all(|&n| n < 1000) && nums.len() >= 3 && !nums.iter().any(|&n| n > 31) && s.contains('年') {
+    if nums.is_empty()
+        || nums.iter().all(|&n| n < 1000)
+            && nums.len() >= 3
+            && !nums.iter().any(|&n| n > 31)
+            && s.contains('年')
+    {
         return None;
     }
     let year_ok = nums.iter().any(|&n| (1900..=2030).contains(&n)) || nums.len() >= 3;
@@ -400,7 +509,10 @@ pub fn vat(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
         return cpf_valid(&d).then_some((start, end));
     }
     // An IBAN is not a VAT id (its own detector reports it).
-    if cand.len() >= 15 && cand[..2].iter().all(u8::is_ascii_uppercase) && iban_length(&cand[..2]).is_some_and(|l| l == cand.iter().filter(|b| **b != b' ').count()) {
+    if cand.len() >= 15
+        && cand[..2].iter().all(u8::is_ascii_uppercase)
+        && iban_length(&cand[..2]).is_some_and(|l| l == cand.iter().filter(|b| **b != b' ').count())
+    {
         return None;
     }
     Some((start, end))
@@ -414,7 +526,11 @@ fn cpf_valid(d: &[u8]) -> bool {
     let check = |n: usize| {
         let s: u32 = (0..n).map(|i| v[i] * (n as u32 + 1 - i as u32)).sum();
         let r = (s * 10) % 11;
-        if r == 10 { 0 } else { r }
+        if r == 10 {
+            0
+        } else {
+            r
+        }
     };
     check(9) == v[9] && check(10) == v[10]
 }
@@ -425,6 +541,50 @@ pub fn tax_in_context(text: &str, start: usize, end: usize) -> Option<(usize, us
     let end = trim_phone_end(text, start, end);
     let d = digits_of(&text.as_bytes()[start..end]);
     ((8..=15).contains(&d.len()) && standalone(text, start, end)).then_some((start, end))
+}
+
+/// An HTTP credential after `Basic`/`Bearer`/`Token`: Basic must decode to `user:secret`;
+/// others must look like a token (a digit, or mixed case, and no plain word).
+pub fn auth_credential(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
+    use base64::Engine;
+    let cand = &text[start..end];
+    let ctx = context_before(text, start, 8);
+    if ctx.trim_end().ends_with("basic") {
+        let ok = base64::engine::general_purpose::STANDARD
+            .decode(cand)
+            .ok()
+            .is_some_and(|d| d.contains(&b':'));
+        return ok.then_some((start, end));
+    }
+    let has_digit = cand.bytes().any(|b| b.is_ascii_digit());
+    let mixed = cand.bytes().any(|b| b.is_ascii_uppercase())
+        && cand.bytes().any(|b| b.is_ascii_lowercase());
+    (cand.len() >= 16 && (has_digit || mixed)).then_some((start, end))
+}
+
+/// Australian Business Number: 11 digits in the written `51 824 753 556` grouping with the
+/// ABN weighted mod-89 check.
+pub fn abn(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
+    let d = digits_of(&text.as_bytes()[start..end]);
+    if d.len() != 11 || !standalone(text, start, end) {
+        return None;
+    }
+    const W: [u32; 11] = [10, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19];
+    let mut sum = 0;
+    for (i, c) in d.iter().enumerate() {
+        let mut v = u32::from(c - b'0');
+        if i == 0 {
+            v = v.checked_sub(1)?;
+        }
+        sum += v * W[i];
+    }
+    (sum % 89 == 0).then_some((start, end))
+}
+
+/// A 40-character secret that does not run on into more base64 characters.
+pub fn secret40(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
+    let more = |b: u8| b.is_ascii_alphanumeric() || b == b'/' || b == b'+';
+    (!byte_at(text, end).is_some_and(more)).then_some((start, end))
 }
 
 #[cfg(test)]
@@ -462,47 +622,4 @@ mod tests {
         assert!(cpf_valid(b"11144477735"));
         assert!(!cpf_valid(b"11144477736"));
     }
-}
-
-/// An HTTP credential after `Basic`/`Bearer`/`Token`: Basic must decode to `user:secret`;
-/// others must look like a token (a digit, or mixed case, and no plain word).
-pub fn auth_credential(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
-    use base64::Engine;
-    let cand = &text[start..end];
-    let ctx = context_before(text, start, 8);
-    if ctx.trim_end().ends_with("basic") {
-        let ok = base64::engine::general_purpose::STANDARD
-            .decode(cand)
-            .ok()
-            .is_some_and(|d| d.contains(&b':'));
-        return ok.then_some((start, end));
-    }
-    let has_digit = cand.bytes().any(|b| b.is_ascii_digit());
-    let mixed = cand.bytes().any(|b| b.is_ascii_uppercase()) && cand.bytes().any(|b| b.is_ascii_lowercase());
-    (cand.len() >= 16 && (has_digit || mixed)).then_some((start, end))
-}
-
-/// Australian Business Number: 11 digits in the written `51 824 753 556` grouping with the
-/// ABN weighted mod-89 check.
-pub fn abn(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
-    let d = digits_of(&text.as_bytes()[start..end]);
-    if d.len() != 11 || !standalone(text, start, end) {
-        return None;
-    }
-    const W: [u32; 11] = [10, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19];
-    let mut sum = 0;
-    for (i, c) in d.iter().enumerate() {
-        let mut v = u32::from(c - b'0');
-        if i == 0 {
-            v = v.checked_sub(1)?;
-        }
-        sum += v * W[i];
-    }
-    (sum % 89 == 0).then_some((start, end))
-}
-
-/// A 40-character secret that does not run on into more base64 characters.
-pub fn secret40(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
-    let more = |b: u8| b.is_ascii_alphanumeric() || b == b'/' || b == b'+';
-    (!byte_at(text, end).is_some_and(more)).then_some((start, end))
 }

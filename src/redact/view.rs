@@ -58,9 +58,8 @@ fn hex(b: u8) -> Option<u8> {
 /// Whether `text` has a `%XX` escape.
 pub fn has_percent_escape(text: &str) -> bool {
     let b = text.as_bytes();
-    memchr::memchr_iter(b'%', b).any(|i| {
-        i + 2 < b.len() && hex(b[i + 1]).is_some() && hex(b[i + 2]).is_some()
-    })
+    memchr::memchr_iter(b'%', b)
+        .any(|i| i + 2 < b.len() && hex(b[i + 1]).is_some() && hex(b[i + 2]).is_some())
 }
 
 /// Percent-decodes `%XX` (a `+` stays a `+`: it is a space only in form values, and a
@@ -77,7 +76,7 @@ pub fn percent_decode(text: &str) -> View {
                 let start = i;
                 let mut bytes = vec![h * 16 + l];
                 let mut j = i + 3;
-                while bytes[0] >= 0x80 && j + 2 < b.len() + 0 && b[j] == b'%' && bytes.len() < 4 {
+                while bytes[0] >= 0x80 && j + 2 < b.len() && b[j] == b'%' && bytes.len() < 4 {
                     match (hex(b[j + 1]), hex(b[j + 2])) {
                         (Some(h), Some(l)) if (h * 16 + l) & 0xC0 == 0x80 => {
                             bytes.push(h * 16 + l);
@@ -137,7 +136,9 @@ pub fn unescape(text: &str) -> View {
                         {
                             if let Ok(lo) = u32::from_str_radix(&text[end + 2..end + 6], 16) {
                                 if (0xDC00..0xE000).contains(&lo) {
-                                    ch = char::from_u32(0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00));
+                                    ch = char::from_u32(
+                                        0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00),
+                                    );
                                     end += 6;
                                 }
                             }
@@ -175,13 +176,20 @@ pub fn base64_text(segment: &str) -> Option<String> {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
     let trimmed = segment.trim_end_matches('=');
     let bytes = if segment.contains(['-', '_']) {
-        URL_SAFE_NO_PAD.decode(trimmed).or_else(|_| URL_SAFE.decode(segment))
+        URL_SAFE_NO_PAD
+            .decode(trimmed)
+            .or_else(|_| URL_SAFE.decode(segment))
     } else {
-        STANDARD_NO_PAD.decode(trimmed).or_else(|_| STANDARD.decode(segment))
+        STANDARD_NO_PAD
+            .decode(trimmed)
+            .or_else(|_| STANDARD.decode(segment))
     }
     .ok()?;
     let s = String::from_utf8(bytes).ok()?;
-    let printable = s.chars().filter(|c| !c.is_control() || *c == '\n' || *c == '\t').count();
+    let printable = s
+        .chars()
+        .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
+        .count();
     (printable * 10 >= s.chars().count() * 9 && !s.is_empty()).then_some(s)
 }
 
@@ -215,8 +223,14 @@ mod tests {
 
     #[test]
     fn base64_decodes_text_only() {
-        assert_eq!(base64_text("aGVsbG8gd29ybGQ=").as_deref(), Some("hello world"));
-        assert_eq!(base64_text("aGVsbG8gd29ybGQ").as_deref(), Some("hello world"));
+        assert_eq!(
+            base64_text("aGVsbG8gd29ybGQ=").as_deref(),
+            Some("hello world")
+        );
+        assert_eq!(
+            base64_text("aGVsbG8gd29ybGQ").as_deref(),
+            Some("hello world")
+        );
         assert!(base64_text("////////////").is_none());
     }
 }
