@@ -150,7 +150,11 @@ fn redact_cli_keeps_lines_and_scores_on_the_corpus() {
     // Names and addresses are caught under field names, not in free text (docs/REDACTION.md).
     assert!(recall("dob") >= 0.85, "dob recall {}", recall("dob"));
     assert!(recall("name") >= 0.80, "name recall {}", recall("name"));
-    assert!(recall("address") >= 0.75, "address recall {}", recall("address"));
+    assert!(
+        recall("address") >= 0.75,
+        "address recall {}",
+        recall("address")
+    );
 
     let clean_raw = raw_corpus("clean-dev.jsonl");
     let clean = score("clean-dev.jsonl", &redact_cli(&clean_raw));

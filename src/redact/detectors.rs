@@ -93,7 +93,7 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         kind: "api_key",
         rule: "url_credentials",
-        pattern: r"(?i)[a-z][a-z0-9+.\-]*://([^\s:/@]+:[^\s/@]+)@",
+        pattern: r"(?i-u)[a-z][a-z0-9+.\-]*://([a-z0-9._~%!$&*+;=\-]+:[a-z0-9._~%!$&*+;=\-]+)@",
         group: 1,
         validate: validate::any,
     },
@@ -191,7 +191,7 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         kind: "dob",
         rule: "dob_in_context",
-        pattern: r#"(?i)(?:\b(?:dob|d\.o\.b\.?|date[ _\-]?of[ _\-]?birth|birth[ _\-]?date|birthday|born(?: on)?|geb(?:oren|urtsdatum)?\.?|n[ée]e? le|fecha de nacimiento|nacid[oa](?: el)?|data di nascita|nat[oa] il|data de nascimento|geboortedatum|geboren op|född|urodzon[ya]|data urodzenia|doğum tarihi)|生年月日|生まれ)[\s:=#"'(\\]{0,6}(\d{4}-\d{2}-\d{2}|\d{4}/\d{1,2}/\d{1,2}|\d{1,2}[./\-]\d{1,2}[./\-]\d{2,4}|\d{1,2}\.? [[:alpha:]]{3,9}\.? \d{4}|[[:alpha:]]{3,9}\.? \d{1,2},? \d{4}|\d{4}年\d{1,2}月\d{1,2}日)"#,
+        pattern: r#"(?i-u)(?:\b(?:dob|d\.o\.b\.?|date[ _\-]?of[ _\-]?birth|birth[ _\-]?date|birthday|born(?: on)?|geb(?:oren|urtsdatum)?\.?|n(?:é|e)e? le|fecha de nacimiento|nacid[oa](?: el)?|data di nascita|nat[oa] il|data de nascimento|geboortedatum|geboren op|född|urodzon[ya]|data urodzenia|doğum tarihi)|生年月日|生まれ)[\s:=#"'(\\]{0,6}(\d{4}-\d{2}-\d{2}|\d{4}/\d{1,2}/\d{1,2}|\d{1,2}[./\-]\d{1,2}[./\-]\d{2,4}|\d{1,2}\.? [a-z]{3,9}\.? \d{4}|[a-z]{3,9}\.? \d{1,2},? \d{4}|\d{4}年\d{1,2}月\d{1,2}日)"#,
         group: 1,
         validate: validate::any,
     },

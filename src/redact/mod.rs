@@ -293,8 +293,14 @@ impl Redactor {
                 prio: 200 + i as u32,
             });
         }
-        let set = RegexSet::new(detectors.iter().map(|d| d.regex.as_str()))
-            .expect("each pattern compiled on its own");
+        let set = regex::RegexSetBuilder::new(detectors.iter().map(|d| d.regex.as_str()))
+            .dfa_size_limit(64 << 20)
+            .build()
+            .map_err(|e| RedactError::BadPattern {
+                index: 0,
+                kind: "(all)".into(),
+                error: e.to_string(),
+            })?;
 
         let mut field_names = HashMap::new();
         for f in &cfg.fields {
