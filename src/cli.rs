@@ -27,10 +27,13 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write an Ed25519 key pair: DIR/agent.key (0600) and DIR/agent.pub.
+    /// Write an Ed25519 key pair: DIR/agent.key (0600) and DIR/agent.pub. With
+    /// --pseudonym, write the fleet's HMAC key for `hash` masking: DIR/pseudonym.key (0600).
     Keygen {
         #[arg(long)]
         out: PathBuf,
+        #[arg(long)]
+        pseudonym: bool,
     },
     /// Run the agent: tail, redact, buffer, ship.
     Run {
@@ -170,7 +173,16 @@ fn load_agent(path: &std::path::Path) -> anyhow::Result<AgentConfig> {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Keygen { out } => {
+        Command::Keygen {
+            out,
+            pseudonym: true,
+        } => {
+            std::fs::create_dir_all(&out)?;
+            let path = out.join("pseudonym.key");
+            let key = crate::redact::mask::PseudonymKey::generate(&path)?;
+            println!("wrote {} (key id {})", path.display(), key.id());
+        }
+        Command::Keygen { out, .. } => {
             let key = keys::generate();
             let (secret, public) = keys::write_pair(&out, &key)?;
             println!(
