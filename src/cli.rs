@@ -28,12 +28,15 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Write an Ed25519 key pair: DIR/agent.key (0600) and DIR/agent.pub (`--name store`
-    /// for the central store's ledger key: store.key and store.pub).
+    /// for the central store's ledger key: store.key and store.pub). With --pseudonym,
+    /// write the fleet's HMAC key for `hash` masking instead: DIR/pseudonym.key (0600).
     Keygen {
         #[arg(long)]
         out: PathBuf,
         #[arg(long, default_value = "agent")]
         name: String,
+        #[arg(long)]
+        pseudonym: bool,
     },
     /// Run the agent: tail, redact, buffer, ship.
     Run {
@@ -50,10 +53,20 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Redact lines from stdin to stdout with the agent's rules (built-ins without --config).
+    /// Redact lines from FILE (or stdin) to stdout with the agent's rules (built-ins
+    /// without --config). One output line per input line.
     Redact {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// How each line is read: plain text, JSON, logfmt, or detected per line.
+        #[arg(long, value_enum, default_value = "auto")]
+        format: FormatArg,
+        /// Write, per line, which rule matched which type at which byte span (never the
+        /// value) to stderr, or to the given file.
+        #[arg(long, num_args = 0..=1, default_missing_value = "-")]
+        explain: Option<PathBuf>,
+        /// Input file; stdin when absent.
+        file: Option<PathBuf>,
     },
     /// Verify an archive: signatures, payload hashes, sequences and hash chains, and the
     /// custody ledger and its agreement with the archive.
@@ -119,6 +132,25 @@ enum DeadLetterCommand {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    Plain,
+    Json,
+    Logfmt,
+    Auto,
+}
+
+impl From<FormatArg> for crate::config::Format {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Plain => Self::Plain,
+            FormatArg::Json => Self::Json,
+            FormatArg::Logfmt => Self::Logfmt,
+            FormatArg::Auto => Self::Auto,
+        }
+    }
+}
+
 /// Errors that map to the config exit code.
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
@@ -156,7 +188,17 @@ fn load_agent(path: &std::path::Path) -> anyhow::Result<AgentConfig> {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Keygen { out, name } => {
+        Command::Keygen {
+            out,
+            pseudonym: true,
+            ..
+        } => {
+            std::fs::create_dir_all(&out)?;
+            let path = out.join("pseudonym.key");
+            let key = crate::redact::mask::PseudonymKey::generate(&path)?;
+            println!("wrote {} (key id {})", path.display(), key.id());
+        }
+        Command::Keygen { out, name, .. } => {
             if !envelope::is_safe_identifier(&name) {
                 bail!("--name must be letters, digits, '.', '_' or '-', not starting with '.'");
             }
@@ -209,12 +251,31 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Redact { config } => {
+        Command::Redact {
+            config,
+            format,
+            explain,
+            file,
+        } => {
             let redactor = match config {
                 Some(path) => Redactor::from_config(&load_agent(&path)?.redact)?,
                 None => Redactor::defaults(),
             };
-            redact_stdio(&redactor)?;
+            let input: Box<dyn std::io::Read> = match &file {
+                Some(p) => Box::new(
+                    std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
+                ),
+                None => Box::new(std::io::stdin().lock()),
+            };
+            let explain: Option<Box<dyn Write>> = match explain {
+                None => None,
+                Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stderr().lock())),
+                Some(p) => Some(Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(&p)
+                        .with_context(|| format!("creating {}", p.display()))?,
+                ))),
+            };
+            redact_stream(&redactor, format.into(), input, explain)?;
         }
         Command::Verify {
             archive,
@@ -259,31 +320,68 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 /// One output line per input line; a `\r` before the `\n` is dropped like the agent does.
-fn redact_stdio(redactor: &Redactor) -> anyhow::Result<()> {
-    let stdin = std::io::stdin();
-    let mut input = std::io::BufReader::with_capacity(1 << 16, stdin.lock());
+/// A record dropped by `drop_record` gives an empty line, so lines stay aligned.
+fn redact_stream(
+    redactor: &Redactor,
+    format: crate::config::Format,
+    input: Box<dyn std::io::Read>,
+    mut explain: Option<Box<dyn Write>>,
+) -> anyhow::Result<()> {
+    let mut input = std::io::BufReader::with_capacity(1 << 16, input);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut line = Vec::new();
     let mut counts = Counts::default();
+    let mut found = Vec::new();
+    let mut number = 0u64;
     loop {
         line.clear();
         if input.read_until(b'\n', &mut line)? == 0 {
             break;
         }
+        number += 1;
         if line.last() == Some(&b'\n') {
             line.pop();
             if line.last() == Some(&b'\r') {
                 line.pop();
             }
         }
-        let (body, _) =
-            crate::pipeline::record::redact_line(&line, |t| redactor.redact(t, &mut counts));
-        out.write_all(body.as_bytes())?;
+        found.clear();
+        let mut dropped = false;
+        let (body, _) = crate::pipeline::record::redact_line(&line, |t| {
+            let red = redactor.redact_record(
+                t,
+                format,
+                &mut counts,
+                explain.as_ref().map(|_| &mut found),
+            );
+            dropped |= red.dropped;
+            red.text
+        });
+        if !dropped {
+            out.write_all(body.as_bytes())?;
+        }
         out.write_all(b"\n")?;
+        if let Some(ex) = explain.as_mut() {
+            for e in &found {
+                writeln!(
+                    ex,
+                    "line={number} start={} end={} type={} rule={} mode={}{}",
+                    e.start,
+                    e.end,
+                    e.kind,
+                    e.rule,
+                    e.mode,
+                    if dropped { " record=dropped" } else { "" }
+                )?;
+            }
+        }
         counts.clear();
     }
     out.flush()?;
+    if let Some(ex) = explain.as_mut() {
+        ex.flush()?;
+    }
     Ok(())
 }
 

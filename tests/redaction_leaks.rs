@@ -128,20 +128,97 @@ fn redact_cli_keeps_lines_and_scores_on_the_corpus() {
         let (n, leaked) = (c["count"].as_f64().unwrap(), c["leaked"].as_f64().unwrap());
         1.0 - leaked / n
     };
-    // Figures for the default detectors (BENCHMARKS.md): IPv4 is complete; e-mail and card
-    // miss only encoded forms; SSN and phone miss undashed and national forms, which the
-    // full engine (its own issue) covers.
-    assert!(recall("ipv4") >= 0.999, "ipv4 recall {}", recall("ipv4"));
-    assert!(recall("card") >= 0.94, "card recall {}", recall("card"));
-    assert!(recall("email") >= 0.78, "email recall {}", recall("email"));
-    assert!(recall("ssn") >= 0.75, "ssn recall {}", recall("ssn"));
+    // Targets of the redaction engine (figures in BENCHMARKS.md): every machine-detectable
+    // type at 99.5% or better.
+    for t in [
+        "email",
+        "marketplace_email",
+        "phone",
+        "card",
+        "iban",
+        "ssn",
+        "vat",
+        "ipv4",
+        "ipv6",
+        "jwt",
+        "aws_key",
+        "api_key",
+        "order_id",
+    ] {
+        assert!(recall(t) >= 0.995, "{t} recall {}", recall(t));
+    }
+    // Names and addresses are caught under field names, not in free text (docs/REDACTION.md).
+    assert!(recall("dob") >= 0.85, "dob recall {}", recall("dob"));
+    assert!(recall("name") >= 0.80, "name recall {}", recall("name"));
+    assert!(
+        recall("address") >= 0.75,
+        "address recall {}",
+        recall("address")
+    );
 
     let clean_raw = raw_corpus("clean-dev.jsonl");
     let clean = score("clean-dev.jsonl", &redact_cli(&clean_raw));
-    let fp = clean["fp_lines"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{clean}"));
-    assert!(fp <= 20, "{fp} clean lines changed");
+    let entries = clean["clean_entries"].as_u64().unwrap();
+    // SQL statements lose their literals by design; everything else must stay as it was.
+    let mut fp_non_sql = 0;
+    for (family, f) in clean["by_family"].as_object().unwrap() {
+        let fp = f["fp"].as_u64().unwrap();
+        if !(family.starts_with("pgaudit") || family.starts_with("mariadb")) {
+            fp_non_sql += fp;
+        }
+    }
+    assert!(
+        fp_non_sql * 100 <= entries,
+        "{fp_non_sql} of {entries} clean non-SQL entries changed"
+    );
+}
+
+/// No name or address under a PII field name of a JSON or logfmt record survives.
+#[test]
+fn no_name_or_address_under_a_field_name_survives() {
+    let entries = corpus("dev.jsonl");
+    let structured: Vec<&serde_json::Value> = entries
+        .iter()
+        .filter(|e| matches!(e["format"].as_str(), Some("json" | "logfmt" | "cri")))
+        .collect();
+    let mut raw = Vec::new();
+    for e in &structured {
+        raw.extend_from_slice(e["line"].as_str().unwrap().as_bytes());
+        raw.push(b'\n');
+    }
+    let redacted = String::from_utf8(redact_cli(&raw)).unwrap();
+    let out: Vec<&str> = redacted.lines().collect();
+    let mut i = 0;
+    let mut checked = 0;
+    for e in structured {
+        let line = e["line"].as_str().unwrap();
+        let n = line.lines().count();
+        let red = out[i..i + n].join("\n").to_lowercase();
+        i += n;
+        for p in e["pii"].as_array().unwrap() {
+            let kind = p["type"].as_str().unwrap();
+            if kind != "name" && kind != "address" {
+                continue;
+            }
+            let value = p["value"].as_str().unwrap();
+            // Only values that sit under a key (`"key": "value"`, `key="value"`, `key=value`).
+            let at = match line.find(value) {
+                Some(at) => at,
+                None => continue,
+            };
+            let before = line[..at].trim_end_matches(['"', '\\']).trim_end();
+            if !(before.ends_with(':') || before.ends_with('=')) {
+                continue;
+            }
+            checked += 1;
+            assert!(
+                !red.contains(&value.to_lowercase()),
+                "a {kind} under a field name survived in a {} record",
+                e["format"]
+            );
+        }
+    }
+    assert!(checked > 1000, "only {checked} field values checked");
 }
 
 #[test]

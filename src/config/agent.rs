@@ -36,11 +36,20 @@ fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+/// How a source's records are read by the redaction engine (see `redact` module docs).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
+    /// Free text (key=value pairs in it are still recognised).
     Plain,
+    /// Each record is a JSON document; records that do not parse are flagged and scanned
+    /// as text.
     Json,
+    /// `key=value` / `key="quoted value"` pairs.
+    Logfmt,
+    /// Per record: JSON when it starts with `{`/`[` or embeds `{"`, else text and pairs.
+    #[default]
+    Auto,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -70,7 +79,7 @@ pub struct SourceConfig {
 }
 
 fn default_format() -> Format {
-    Format::Plain
+    Format::Auto
 }
 fn default_max_line_bytes() -> usize {
     64 * 1024
@@ -186,14 +195,64 @@ fn default_cache_capacity() -> u64 {
     8 * 1024 * 1024
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedactConfig {
-    /// Built-in detectors to run; all of them when absent.
+    /// Built-in detectors (rule or type names) to run; all of them when absent.
     pub detectors: Option<Vec<String>>,
-    /// Extra patterns: each match becomes `[REDACTED:<type>]`.
+    /// Extra patterns: each match becomes a finding of its type (highest precedence).
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// Extra PII field names: a value under one is masked whatever it looks like.
+    #[serde(default)]
+    pub fields: Vec<FieldConfig>,
+    /// Field names whose values are SQL statements: their literals are stripped.
+    #[serde(default)]
+    pub sql_fields: Vec<String>,
+    /// Masking mode per type: redact, mask, hash, drop_field, drop_record.
+    #[serde(default)]
+    pub modes: std::collections::BTreeMap<String, String>,
+    /// Mode of every type not in `modes`.
+    #[serde(default = "default_mode")]
+    pub default_mode: String,
+    /// Characters `mask` mode keeps at the end of a value.
+    #[serde(default = "default_mask_keep")]
+    pub mask_keep: usize,
+    /// Pseudonymisation key file for `hash` mode (`logveil keygen --pseudonym`).
+    pub hash_key: Option<PathBuf>,
+    /// Findings let through when their exact text fully matches `pattern`.
+    #[serde(default)]
+    pub allow: Vec<AllowConfig>,
+    /// A longer record is not scanned but masked whole (fail closed).
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+}
+
+impl Default for RedactConfig {
+    fn default() -> Self {
+        RedactConfig {
+            detectors: None,
+            rules: Vec::new(),
+            fields: Vec::new(),
+            sql_fields: Vec::new(),
+            modes: Default::default(),
+            default_mode: default_mode(),
+            mask_keep: default_mask_keep(),
+            hash_key: None,
+            allow: Vec::new(),
+            max_record_bytes: default_max_record_bytes(),
+        }
+    }
+}
+
+fn default_mode() -> String {
+    "redact".into()
+}
+fn default_mask_keep() -> usize {
+    4
+}
+fn default_max_record_bytes() -> usize {
+    1024 * 1024
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -201,6 +260,25 @@ pub struct RedactConfig {
 pub struct RuleConfig {
     #[serde(rename = "type")]
     pub kind: String,
+    pub pattern: String,
+    /// Overrides the type's mode.
+    pub mode: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldConfig {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowConfig {
+    /// Only findings of this type; any type when absent.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
     pub pattern: String,
 }
 
@@ -306,12 +384,13 @@ impl AgentConfig {
             }
         }
         if let Err(e) = crate::redact::Redactor::from_config(&self.redact) {
+            use crate::redact::RedactError as E;
             let key = match &e {
-                crate::redact::RedactError::UnknownDetector(_) => "redact.detectors".to_string(),
-                crate::redact::RedactError::BadPattern { index, .. }
-                | crate::redact::RedactError::BadType { index, .. } => {
-                    format!("redact.rules.{index}")
-                }
+                E::UnknownDetector(_) => "redact.detectors".to_string(),
+                E::BadPattern { index, .. } => format!("redact.rules.{index}"),
+                E::BadAllow { index, .. } => format!("redact.allow.{index}"),
+                E::BadType { .. } | E::BadMode { .. } => "redact".to_string(),
+                E::HashKey(_) => "redact.hash_key".to_string(),
             };
             return Err(src.error(&key, e.to_string()));
         }

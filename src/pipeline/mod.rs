@@ -9,7 +9,11 @@
 //! full), then [`Buffer::seal`] the envelope together with the checkpoint of every file up
 //! to the last line in the batch.
 //!
-//! Nothing unredacted leaves this stage: records are built from redacted text only.
+//! Nothing unredacted leaves this stage: records are built from redacted text only. The
+//! redaction engine ([`Redactor::redact_record`]) reads each record with its source's
+//! format; a record it cannot scan arrives masked whole (counted as `unscannable`, logged
+//! with source and offset only), and a record whose finding has mode `drop_record` is not
+//! shipped at all, though its offset still advances.
 
 pub mod record;
 mod seal;
@@ -182,7 +186,7 @@ impl Pipeline {
         chunk: Chunk,
         hard_stop: &CancellationToken,
     ) -> Result<bool, PipelineError> {
-        let info = &self.settings.sources[chunk.source];
+        let info = self.settings.sources[chunk.source].clone();
         // The part of every record that is the same for the whole chunk.
         let mut prefix = Vec::with_capacity(128);
         prefix.extend_from_slice(b"{\"host\":");
@@ -206,8 +210,34 @@ impl Pipeline {
             rec.clear();
             line_counts.clear();
             let redactor = &self.redactor;
-            let (body, escaped) =
-                record::redact_line(&line.bytes, |t| redactor.redact(t, &mut line_counts));
+            let (mut unscannable, mut dropped) = (false, false);
+            let (body, escaped) = record::redact_line(&line.bytes, |t| {
+                let red = redactor.redact_record(t, format, &mut line_counts, None);
+                unscannable |= red.unscannable;
+                dropped |= red.dropped;
+                red.text
+            });
+            if unscannable {
+                tracing::warn!(
+                    source = %info.name,
+                    offset = line.offset,
+                    "record could not be scanned for PII: shipped masked whole"
+                );
+            }
+            if dropped {
+                // drop_record: nothing is shipped, but the line counts as read.
+                for (det, n) in &line_counts.0 {
+                    self.metrics
+                        .count_redaction(self.redactor.kind(*det), u64::from(*n));
+                }
+                let mut cp = chunk.checkpoint.clone();
+                cp.offset = line.end;
+                self.checkpoints.insert(cp.id, cp);
+                if self.opened.is_none() {
+                    self.opened = Some(Instant::now());
+                }
+                continue;
+            }
             rec.extend_from_slice(&prefix);
             rec.extend_from_slice(itoa_u64(line.offset).as_bytes());
             rec.extend_from_slice(b",\"timestamp\":\"");
