@@ -691,9 +691,22 @@ impl Redactor {
         for idx in hits.iter() {
             let d = &self.detectors[idx];
             if d.group == 0 {
-                for m in d.regex.find_iter(text) {
-                    if let Some((s, e)) = (d.validate)(text, m.start(), m.end()) {
-                        self.push_detected(out, d, idx, s, e);
+                // Resume after an accepted span, not after the candidate: a validator may
+                // narrow a candidate, and what it left out may hold another finding.
+                let mut pos = 0;
+                while pos <= text.len() {
+                    let Some(m) = d.regex.find_at(text, pos) else {
+                        break;
+                    };
+                    match (d.validate)(text, m.start(), m.end()) {
+                        Some((s, e)) => {
+                            self.push_detected(out, d, idx, s, e);
+                            pos = e.max(m.start() + 1);
+                        }
+                        None => pos = m.end().max(m.start() + 1),
+                    }
+                    while pos < text.len() && !text.is_char_boundary(pos) {
+                        pos += 1;
                     }
                 }
             } else {

@@ -78,44 +78,77 @@ pub fn luhn(digits: &[u8]) -> bool {
     sum % 10 == 0
 }
 
-/// 13–19 digits with optional single spaces, dashes or `+` (a form-encoded space), Luhn-valid. A greedy candidate
-/// that fails is narrowed group by group from the right (`4111 1111 1111 1111 2024`).
+/// 13–19 digits with optional single spaces, dashes or `+` (a form-encoded space),
+/// Luhn-valid. The candidate is extended to the whole run of digit groups it began, and every
+/// group-aligned window of that run is tried, longest and leftmost first: a number glued
+/// before a card (`qty 2 4111 1111 1111 1111`), a second card after it, or a card that ends
+/// past the regex's 19 digits is still found. The engine resumes after the span returned.
 pub fn card(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
-    if byte_before(text, start).is_some_and(|b| is_word(b) || b == b'.') {
-        return None;
-    }
-    // A dash before is a range or a longer id (`ref-4111…`), unless it follows a space.
-    if byte_before(text, start) == Some(b'-')
-        && start >= 2
-        && text.as_bytes()[start - 2].is_ascii_alphanumeric()
-    {
-        return None;
-    }
+    let bytes = text.as_bytes();
     let mut end = end;
-    loop {
-        let cand = &text.as_bytes()[start..end];
-        let digits = digits_of(cand);
-        if digits.len() < 13 {
-            return None;
-        }
-        let seps: Vec<u8> = cand
-            .iter()
-            .copied()
-            .filter(|b| !b.is_ascii_digit())
-            .collect();
-        let consistent = seps.windows(2).all(|w| w[0] == w[1]);
-        let glued = byte_at(text, end).is_some_and(is_word);
-        let decimal = byte_at(text, end) == Some(b'.')
-            && byte_at(text, end + 1).is_some_and(|b| b.is_ascii_digit());
-        let tail_ok = !glued && !decimal;
-        if digits.len() <= 19 && consistent && tail_ok && luhn(&digits) {
-            return Some((start, end));
-        }
-        match cand.iter().rposition(|b| !b.is_ascii_digit()) {
-            Some(p) => end = start + p,
-            None => return None,
+    let limit = (start + MAX_CARD_RUN).min(bytes.len());
+    while end < limit {
+        let b = bytes[end];
+        if b.is_ascii_digit() {
+            end += 1;
+        } else if matches!(b, b' ' | b'-' | b'+')
+            && bytes.get(end + 1).is_some_and(u8::is_ascii_digit)
+        {
+            end += 2;
+        } else {
+            break;
         }
     }
+    let mut groups = Vec::new();
+    let mut i = start;
+    while i < end {
+        let g = i;
+        while i < end && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        groups.push((g, i));
+        i += 1;
+    }
+    let n = groups.len();
+    for len in (1..=n).rev() {
+        for first in 0..=n - len {
+            let (s, e) = (groups[first].0, groups[first + len - 1].1);
+            if card_window(text, s, e) {
+                return Some((s, e));
+            }
+        }
+    }
+    None
+}
+
+/// Longest run of digit groups examined for cards at once.
+const MAX_CARD_RUN: usize = 256;
+
+fn card_window(text: &str, start: usize, end: usize) -> bool {
+    let cand = &text.as_bytes()[start..end];
+    let digits = digits_of(cand);
+    if !(13..=19).contains(&digits.len()) {
+        return false;
+    }
+    let mut seps = cand.iter().filter(|b| !b.is_ascii_digit());
+    let consistent = match seps.next() {
+        Some(first) => seps.all(|b| b == first),
+        None => true,
+    };
+    let before = byte_before(text, start);
+    let glued_before = before.is_some_and(|b| is_word(b) || b == b'.')
+        // A dash after a letter or digit: a range or a longer id (`ref-4111…`).
+        || (before == Some(b'-')
+            && start >= 2
+            && text.as_bytes()[start - 2].is_ascii_alphanumeric());
+    let glued = byte_at(text, end).is_some_and(is_word);
+    let decimal = byte_at(text, end) == Some(b'.')
+        && byte_at(text, end + 1).is_some_and(|b| b.is_ascii_digit());
+    // A dash-joined run going on past the window (`1234-5678-...-99`) is one number.
+    let dash_after = byte_at(text, end) == Some(b'-')
+        && byte_at(text, end + 1).is_some_and(|b| b.is_ascii_digit())
+        && cand.contains(&b'-');
+    consistent && !glued_before && !glued && !decimal && !dash_after && luhn(&digits)
 }
 
 /// US SSN, dashed or spaced (`641-31-9853`, `415 09 4760`): area not 000/666/9xx, group
@@ -621,5 +654,33 @@ mod tests {
     fn cpf_check_digits() {
         assert!(cpf_valid(b"11144477735"));
         assert!(!cpf_valid(b"11144477736"));
+    }
+}
+
+#[cfg(test)]
+mod card_tests {
+    use crate::redact::{Counts, Redactor};
+
+    #[test]
+    fn cards_next_to_numbers_and_other_cards_are_all_found() {
+        let red = Redactor::defaults();
+        for (input, want) in [
+            ("n 12 4111111111111111", "n 12 [REDACTED:card]"),
+            ("qty 2 4111 1111 1111 1111", "qty 2 [REDACTED:card]"),
+            (
+                "order 1234 4111-1111-1111-1111 ok",
+                "order 1234 [REDACTED:card] ok",
+            ),
+            (
+                "cards 4111111111111111 5500000000000004",
+                "cards [REDACTED:card] [REDACTED:card]",
+            ),
+            (
+                "cc 4111 1111 1111 1111 5500 0000 0000 0004",
+                "cc [REDACTED:card] [REDACTED:card]",
+            ),
+        ] {
+            assert_eq!(red.redact(input, &mut Counts::default()), want);
+        }
     }
 }
