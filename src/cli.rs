@@ -128,10 +128,9 @@ enum ArchiveCommand {
 }
 
 #[derive(clap::Args)]
-#[group(id = "source", required = true, multiple = false, args = ["archive", "store"])]
 struct ReadArgs {
     /// A local archive directory (the store's operator, on its host).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "store", required_unless_present = "store")]
     archive: Option<PathBuf>,
     /// The central store's base URL (`https://store:8443`), read through its API.
     #[arg(long)]
