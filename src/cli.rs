@@ -93,12 +93,12 @@ enum ArchiveCommand {
     /// custody ledger with who and why.
     Cat {
         #[command(flatten)]
-        read: ReadArgs,
+        read: Box<ReadArgs>,
     },
     /// Print the archived records matching host / stream / time / field filters.
     Search {
         #[command(flatten)]
-        read: ReadArgs,
+        read: Box<ReadArgs>,
         #[arg(long)]
         host: Option<String>,
         #[arg(long)]

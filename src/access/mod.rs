@@ -304,7 +304,9 @@ impl Query {
             }
             match v {
                 serde_json::Value::String(s) => s == want,
-                other => other.to_string() == *want,
+                other => {
+                    *other == serde_json::from_str::<serde_json::Value>(want).unwrap_or_default()
+                }
             }
         })
     }

@@ -171,17 +171,14 @@ pub async fn run(cfg: ReceiverConfig, shutdown: CancellationToken) -> anyhow::Re
     };
     let ledger = server.ingest.ledger().cloned();
     let retention = async {
-        match (&cfg.receiver.retention, ledger) {
-            (Some(policy), Some(ledger)) => {
-                retention::run(
-                    cfg.receiver.archive_dir.clone(),
-                    policy.clone(),
-                    ledger,
-                    stop.clone(),
-                )
-                .await
-            }
-            _ => {}
+        if let (Some(policy), Some(ledger)) = (&cfg.receiver.retention, ledger) {
+            retention::run(
+                cfg.receiver.archive_dir.clone(),
+                policy.clone(),
+                ledger,
+                stop.clone(),
+            )
+            .await
         }
     };
     let ((), telemetry, ()) = tokio::join!(server.serve(stop.clone()), telemetry, retention);
