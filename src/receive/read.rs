@@ -245,3 +245,57 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>>
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(dir: &std::path::Path) -> ReadApi {
+        let (ledger, _) = Ledger::open(dir, crate::envelope::keys::generate()).unwrap();
+        ReadApi {
+            archive_dir: dir.to_path_buf(),
+            tokens_file: None,
+            certs: [("alice.ops".to_string(), Role::Compliance)]
+                .into_iter()
+                .collect(),
+            ledger: Arc::new(ledger),
+            max_read_bytes: 1 << 20,
+        }
+    }
+
+    fn peer_with_cert(name: &str) -> Peer {
+        let cert = rcgen::generate_simple_self_signed(vec![name.into()]).unwrap();
+        Peer {
+            addr: None,
+            cert: Some(cert.cert.der().clone()),
+        }
+    }
+
+    #[test]
+    fn a_client_certificate_names_the_operator_and_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = api(dir.path());
+        let req = Request::get(RECORDS_PATH).body(()).unwrap();
+        let (op, via) = api
+            .identify(&req, &peer_with_cert("alice.ops"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (op.name.as_str(), op.role, via),
+            ("alice.ops", Role::Compliance, "api-cert")
+        );
+        assert!(api
+            .identify(&req, &peer_with_cert("mallory.ops"))
+            .unwrap()
+            .is_none());
+        // A bearer header without a tokens file identifies nobody, whatever the certificate.
+        let req = Request::get(RECORDS_PATH)
+            .header(AUTHORIZATION, "Bearer lvt_x")
+            .body(())
+            .unwrap();
+        assert!(api
+            .identify(&req, &peer_with_cert("alice.ops"))
+            .unwrap()
+            .is_none());
+    }
+}
