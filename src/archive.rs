@@ -13,8 +13,8 @@
 //!   on which the store wrote the batch. Retention (per stream) removes whole day
 //!   directories; a chain continues across days.
 //! - Each `.lvb` file holds the exact bytes of one envelope, as received; its name is the seq
-//!   of the envelope it holds, so names sort in chain order. Files are mode 0440, directories
-//!   0750, and a stored file is never rewritten. A seq is stored in exactly one day.
+//!   of the envelope it holds, so names sort in chain order. Files are mode 0400, directories
+//!   0700 (only the store's user reads them), and a stored file is never rewritten. A seq is stored in exactly one day.
 //! - Names starting with [`TEMP_PREFIX`] inside a chain directory are writes in progress (or
 //!   interrupted by a crash). They are not part of the archive; the receiver removes them at
 //!   startup.

@@ -101,11 +101,77 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ArchiveCommand {
-    /// Print every archived record as one JSON object per line.
+    /// Print every archived record you may read as one JSON object per line (from the
+    /// store's read API with --store, or a local archive with --archive). Recorded in the
+    /// custody ledger with who and why.
     Cat {
-        #[arg(long)]
-        archive: PathBuf,
+        #[command(flatten)]
+        read: Box<ReadArgs>,
     },
+    /// Print the archived records matching host / stream / time / field filters.
+    Search {
+        #[command(flatten)]
+        read: Box<ReadArgs>,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        stream: Option<String>,
+        /// Records at or after this time (RFC 3339, the record's `timestamp`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Records before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// `name=value`: a record field (dotted for nested) must equal value; repeatable.
+        #[arg(long = "field")]
+        fields: Vec<String>,
+    },
+    /// Make an operator token for the store's read API: appends its hash to the tokens
+    /// file and prints the token once.
+    Token {
+        /// The store's tokens file (`[receiver.access] tokens_file`); created 0600.
+        #[arg(long)]
+        tokens: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// reader, auditor or compliance.
+        #[arg(long)]
+        role: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct ReadArgs {
+    /// A local archive directory (the store's operator, on its host).
+    #[arg(long, conflicts_with = "store", required_unless_present = "store")]
+    archive: Option<PathBuf>,
+    /// The central store's base URL (`https://store:8443`), read through its API.
+    #[arg(long)]
+    store: Option<String>,
+    /// Why you read: the reason or ticket id, written to the custody ledger.
+    #[arg(long)]
+    reason: Option<String>,
+    /// File holding your operator token (else the LOGVEIL_TOKEN environment variable).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// CA bundle (PEM) that signs the store's certificate (https).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Your client certificate and key (PEM) when the store identifies operators by
+    /// certificate.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Local reads: who you are (recorded).
+    #[arg(long)]
+    who: Option<String>,
+    /// Local reads: the role you read as (reader, auditor, compliance), recorded.
+    #[arg(long, default_value = "auditor")]
+    role: String,
+    /// Local reads: the store's secret key, to record the read in the archive's ledger.
+    #[arg(long)]
+    record_with: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -306,17 +372,169 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Archive {
-            command: ArchiveCommand::Cat { archive },
-        } => {
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
-            crate::archive::cat(&archive, &mut out)?;
-            out.flush()?;
-        }
+        Command::Archive { command } => return archive_command(command),
         Command::DeadLetter { command } => dead_letter(command)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn archive_command(command: ArchiveCommand) -> anyhow::Result<ExitCode> {
+    let (read, query) = match command {
+        ArchiveCommand::Token { tokens, name, role } => {
+            use std::os::unix::fs::OpenOptionsExt;
+            if !envelope::is_safe_identifier(&name) {
+                bail!("--name must be letters, digits, '.', '_' or '-', not starting with '.'");
+            }
+            let role = crate::access::Role::parse(&role)
+                .context("--role must be reader, auditor or compliance")?;
+            let token = crate::access::new_token();
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(&tokens)
+                .with_context(|| format!("opening {}", tokens.display()))?;
+            f.write_all(crate::access::token_line(&name, role, &token).as_bytes())?;
+            f.sync_all()?;
+            println!("{token}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        ArchiveCommand::Cat { read } => (read, crate::access::Query::default()),
+        ArchiveCommand::Search {
+            read,
+            host,
+            stream,
+            since,
+            until,
+            fields,
+        } => {
+            let fields = fields
+                .iter()
+                .map(|f| crate::access::parse_field(f))
+                .collect::<Result<_, _>>()?;
+            let q = crate::access::Query {
+                host,
+                stream,
+                since,
+                until,
+                fields,
+            };
+            q.check()?;
+            (read, q)
+        }
+    };
+    let (body, records) = match (&read.store, &read.archive) {
+        (Some(store), _) => read_from_store(store, &read, &query)?,
+        (None, Some(archive)) => read_local(archive, &read, &query)?,
+        (None, None) => bail!("give --store URL or --archive DIR"),
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    out.write_all(&body)?;
+    out.flush()?;
+    eprintln!("logveil: {records} records");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reason_of(read: &ReadArgs) -> anyhow::Result<String> {
+    match read.reason.as_deref().map(str::trim) {
+        Some(r) if !r.is_empty() => Ok(r.to_string()),
+        _ => bail!(
+            "--reason is required: state why you read (a reason or ticket id); it is recorded"
+        ),
+    }
+}
+
+fn read_from_store(
+    store: &str,
+    read: &ReadArgs,
+    query: &crate::access::Query,
+) -> anyhow::Result<(Vec<u8>, u64)> {
+    let reason = reason_of(read)?;
+    let token = match &read.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("LOGVEIL_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    };
+    if token.is_none() && read.cert.is_none() {
+        bail!("an identity is required: --token-file, LOGVEIL_TOKEN, or --cert/--key");
+    }
+    let tls = config::SinkTls {
+        ca: read.ca.clone(),
+        cert: read.cert.clone(),
+        key: read.key.clone(),
+        server_name: None,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let answer = runtime.block_on(crate::access::client::fetch(
+        store,
+        token.as_deref(),
+        &reason,
+        query,
+        Some(&tls),
+    ))?;
+    if let Some(n) = answer.ledger_entry {
+        eprintln!("logveil: recorded as custody ledger entry {n}");
+    }
+    Ok((answer.body, answer.records))
+}
+
+/// A read of a local archive. With a custody ledger the read needs who, why and the store
+/// key, and is recorded before any record is printed; an archive without a ledger (a store
+/// run without `store_key`) is read as is.
+fn read_local(
+    archive: &std::path::Path,
+    read: &ReadArgs,
+    query: &crate::access::Query,
+) -> anyhow::Result<(Vec<u8>, u64)> {
+    if !crate::custody::ledger_path(archive).exists() {
+        eprintln!(
+            "logveil: {} has no custody ledger; this read is not recorded",
+            archive.display()
+        );
+        let (body, n) =
+            crate::access::search(archive, crate::access::Role::Compliance, query, usize::MAX)?;
+        return Ok((body, n));
+    }
+    let reason = reason_of(read)?;
+    let who = read
+        .who
+        .clone()
+        .filter(|w| envelope::is_safe_identifier(w))
+        .context(
+            "--who is required (letters, digits, '.', '_' or '-'): local reads are recorded",
+        )?;
+    let secret = read
+        .record_with
+        .as_ref()
+        .context("--record-with STORE_KEY is required: local reads of an archive with a custody ledger are recorded in it")?;
+    let role = crate::access::Role::parse(&read.role)
+        .context("--role must be reader, auditor or compliance")?;
+    let event = |allowed: bool, records: u64| crate::custody::Event::Read {
+        who: who.clone(),
+        role: role.as_str().into(),
+        via: "local".into(),
+        reason: reason.clone(),
+        what: query.describe(),
+        allowed,
+        records,
+    };
+    if let Err(e) = crate::access::authorize(role, query) {
+        crate::custody::append_local(archive, secret, event(false, 0))?;
+        bail!("{e} (the refusal is recorded)");
+    }
+    let (body, records) = crate::access::search(archive, role, query, usize::MAX)?;
+    let n = crate::custody::append_local(archive, secret, event(true, records))?;
+    eprintln!("logveil: recorded as custody ledger entry {n}");
+    Ok((body, records))
 }
 
 /// One output line per input line; a `\r` before the `\n` is dropped like the agent does.

@@ -6,6 +6,7 @@
 //! (the central store) → `archive` / `verify` (offline tools). See docs/ for formats.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod agent;
 pub mod archive;
 pub mod buffer;

@@ -476,11 +476,11 @@ async fn a_valid_chain_is_stored_as_exact_bytes_in_the_layout() {
         let path = store.batch_path(&host, i as u64 + 1);
         assert_eq!(&std::fs::read(&path).unwrap(), bytes);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o440);
+        assert_eq!(mode, 0o400);
     }
     let chain_dir = store.batch_path(&host, 1).parent().unwrap().to_path_buf();
     let mode = std::fs::metadata(chain_dir).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o750);
+    assert_eq!(mode, 0o700);
 
     // What was stored verifies offline and reads back.
     let report = store.verify();

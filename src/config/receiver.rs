@@ -37,6 +37,53 @@ pub struct ReceiverSection {
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     pub tls: Option<ReceiverTls>,
+    /// The read API (`GET /v1/records`) for operators; off when absent.
+    pub access: Option<ReceiverAccess>,
+    /// Retention per stream, enforced by a periodic sweep; off when absent.
+    pub retention: Option<ReceiverRetention>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverAccess {
+    /// Operators' token hashes (`crate::access`), read at each request.
+    pub tokens_file: Option<PathBuf>,
+    /// Operators by client certificate (with `[receiver.tls] client_ca`): a certificate valid
+    /// for the name (subject alternative name) authenticates as that operator with the role.
+    #[serde(default)]
+    pub certs: std::collections::BTreeMap<String, String>,
+    /// Largest answer of one read; a larger result is refused (narrow the query).
+    #[serde(default = "default_max_read_bytes")]
+    pub max_read_bytes: u64,
+}
+
+fn default_max_read_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverRetention {
+    /// How often the store sweeps the archive for expired days.
+    #[serde(default = "default_sweep_interval", deserialize_with = "duration")]
+    pub sweep_interval: Duration,
+    /// Days each stream is kept (by stream name); `"*"` is every other stream. A stream with
+    /// no entry and no `"*"` is kept forever.
+    pub retention_days: std::collections::BTreeMap<String, u64>,
+}
+
+fn default_sweep_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl ReceiverRetention {
+    /// The retention of `stream` in days, if it has one.
+    pub fn days_for(&self, stream: &str) -> Option<u64> {
+        self.retention_days
+            .get(stream)
+            .or_else(|| self.retention_days.get("*"))
+            .copied()
+    }
 }
 
 fn default_max_body_bytes() -> u64 {
@@ -79,6 +126,53 @@ impl ReceiverConfig {
         }
         if r.max_connections == 0 {
             return Err(src.error("receiver.max_connections", "must be at least 1"));
+        }
+        if let Some(a) = &r.access {
+            if r.store_key.is_none() {
+                return Err(src.error(
+                    "receiver.access",
+                    "needs receiver.store_key: every read is recorded in the custody ledger",
+                ));
+            }
+            if a.tokens_file.is_none() && a.certs.is_empty() {
+                return Err(src.error(
+                    "receiver.access",
+                    "set tokens_file and/or certs, or no operator can read",
+                ));
+            }
+            if !a.certs.is_empty() && r.tls.as_ref().and_then(|t| t.client_ca.as_ref()).is_none() {
+                return Err(src.error(
+                    "receiver.access.certs",
+                    "needs receiver.tls.client_ca (client certificates)",
+                ));
+            }
+            for (name, role) in &a.certs {
+                if crate::access::Role::parse(role).is_none() {
+                    return Err(src.error(
+                        &format!("receiver.access.certs.{name}"),
+                        "role must be reader, auditor or compliance",
+                    ));
+                }
+            }
+        }
+        if let Some(ret) = &r.retention {
+            if r.store_key.is_none() {
+                return Err(src.error(
+                    "receiver.retention",
+                    "needs receiver.store_key: every deletion is recorded in the custody ledger",
+                ));
+            }
+            if ret.sweep_interval < Duration::from_secs(1) {
+                return Err(src.error("receiver.retention.sweep_interval", "must be at least 1s"));
+            }
+            for (stream, days) in &ret.retention_days {
+                if *days == 0 {
+                    return Err(src.error(
+                        &format!("receiver.retention.retention_days.{stream}"),
+                        "must be at least 1",
+                    ));
+                }
+            }
         }
         Ok(cfg)
     }

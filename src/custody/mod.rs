@@ -8,7 +8,7 @@
 //!
 //! # File format
 //!
-//! `<archive_dir>/.custody/ledger.jsonl`, mode 0640, one line per entry, append-only:
+//! `<archive_dir>/.custody/ledger.jsonl`, mode 0600 (in a 0700 directory), one line per entry, append-only:
 //!
 //! ```text
 //! line      = '{"entry":' entry ',"sig":"' base64(signature) '"}' '\n'
@@ -396,14 +396,14 @@ impl Ledger {
         let dir = path.parent().expect("ledger path has a parent");
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o750)
+            .mode(0o700)
             .create(dir)
             .map_err(io("create directory", dir))?;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
-            .mode(0o640)
+            .mode(0o600)
             .open(&path)
             .map_err(io("open", &path))?;
         let locked = lock(

@@ -14,10 +14,12 @@
 //!     after the given time.
 //! - `POST /v1/gaps`, body = a host's signed gap statement (`gap`): 200
 //!   `{"status": "gap_recorded" | "duplicate", "from": N, "to": M}`, or a 4xx as above.
+//! - `GET /v1/records`: the read API for operators (`read`), when `[receiver.access]` is set.
 //! - Anything else: 404 / 405 with the same JSON error shape.
 
 use super::gap::GAPS_PATH;
 use super::ingest::{Accepted, Ids, Ingest, Peer};
+use super::read::{ReadApi, RECORDS_PATH};
 use super::store::ArchiveBackend;
 use super::validate::{Refusal, Rejection};
 use bytes::Bytes;
@@ -43,6 +45,7 @@ pub struct Limits {
 pub async fn handle<A, B>(
     ingest: Arc<Ingest<A>>,
     limits: Limits,
+    reads: Option<Arc<ReadApi>>,
     peer: Arc<Peer>,
     req: Request<B>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible>
@@ -62,10 +65,18 @@ where
         ),
         (&Method::POST, BATCHES_PATH) => post_batch(ingest, limits, &peer, req).await,
         (&Method::POST, GAPS_PATH) => post_gap(ingest, limits, &peer, req).await,
-        (_, LIMITS_PATH | BATCHES_PATH | GAPS_PATH) => error(
+        (&Method::GET, RECORDS_PATH) => match reads {
+            Some(reads) => reads.handle(req, &peer).await,
+            None => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "this store has no read API ([receiver.access] is not configured)",
+            ),
+        },
+        (_, LIMITS_PATH | BATCHES_PATH | GAPS_PATH | RECORDS_PATH) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            "use GET /v1/limits, POST /v1/batches or POST /v1/gaps",
+            "use GET /v1/limits, POST /v1/batches, POST /v1/gaps or GET /v1/records",
         ),
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     };
@@ -271,7 +282,7 @@ mod tests {
         ingest: &Arc<Ingest<FsArchive>>,
         req: Request<Full<Bytes>>,
     ) -> (StatusCode, serde_json::Value, Option<HeaderValue>) {
-        let resp = handle(ingest.clone(), LIMITS, Arc::default(), req)
+        let resp = handle(ingest.clone(), LIMITS, None, Arc::default(), req)
             .await
             .unwrap();
         let status = resp.status();

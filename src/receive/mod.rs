@@ -21,7 +21,8 @@
 //! Modules, in the order a batch meets them: `server` (listener, TLS, connections) → `http`
 //! (routes, body limits, JSON answers) → `ingest` (orchestration, metrics, logs) →
 //! `validate` (stateless checks) → `chain` (sequence rules) → `store` (the archive backend);
-//! `gap` (declared gaps).
+//! `gap` (declared gaps); `read` (the operators' read API, every read in the ledger);
+//! `retention` (the periodic sweep of expired days).
 //! Startup: validate TLS files, recover chain state from the archive (removing temp files of
 //! interrupted writes), then bind. Nothing is bound when any of that fails.
 
@@ -35,6 +36,8 @@ pub mod chain;
 pub mod gap;
 pub mod http;
 pub mod ingest;
+pub mod read;
+pub mod retention;
 pub mod server;
 pub mod store;
 pub mod tls;
@@ -113,7 +116,22 @@ pub async fn bind(
             addr: r.listen,
             source,
         })?;
+    let reads = match (&r.access, ingest.ledger()) {
+        (Some(a), Some(ledger)) => Some(Arc::new(read::ReadApi {
+            archive_dir: r.archive_dir.clone(),
+            tokens_file: a.tokens_file.clone(),
+            certs: a
+                .certs
+                .iter()
+                .filter_map(|(n, role)| Some((n.clone(), crate::access::Role::parse(role)?)))
+                .collect(),
+            ledger: ledger.clone(),
+            max_read_bytes: usize::try_from(a.max_read_bytes).unwrap_or(usize::MAX),
+        })),
+        _ => None,
+    };
     Ok(server::Server {
+        reads,
         listener,
         tls,
         ingest: Arc::new(ingest),
@@ -151,7 +169,19 @@ pub async fn run(cfg: ReceiverConfig, shutdown: CancellationToken) -> anyhow::Re
         }
         result.map_err(|source| ReceiveError::Telemetry { addr, source })
     };
-    let ((), telemetry) = tokio::join!(server.serve(stop.clone()), telemetry);
+    let ledger = server.ingest.ledger().cloned();
+    let retention = async {
+        if let (Some(policy), Some(ledger)) = (&cfg.receiver.retention, ledger) {
+            retention::run(
+                cfg.receiver.archive_dir.clone(),
+                policy.clone(),
+                ledger,
+                stop.clone(),
+            )
+            .await
+        }
+    };
+    let ((), telemetry, ()) = tokio::join!(server.serve(stop.clone()), telemetry, retention);
     telemetry?;
     tracing::info!("central store stopped");
     Ok(())

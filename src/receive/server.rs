@@ -11,6 +11,7 @@
 
 use super::http::{handle, Limits};
 use super::ingest::{Ingest, Peer};
+use super::read::ReadApi;
 use super::store::ArchiveBackend;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
@@ -33,6 +34,8 @@ pub struct Server<A> {
     pub ingest: Arc<Ingest<A>>,
     pub limits: Limits,
     pub max_connections: usize,
+    /// The read API, when `[receiver.access]` is configured.
+    pub reads: Option<Arc<ReadApi>>,
 }
 
 impl<A: ArchiveBackend> Server<A> {
@@ -63,6 +66,7 @@ impl<A: ArchiveBackend> Server<A> {
             let conn = Connection {
                 ingest: self.ingest.clone(),
                 limits: self.limits,
+                reads: self.reads.clone(),
                 shutdown: shutdown.clone(),
             };
             let tls = self.tls.clone();
@@ -122,6 +126,7 @@ impl<A: ArchiveBackend> Server<A> {
 struct Connection<A> {
     ingest: Arc<Ingest<A>>,
     limits: Limits,
+    reads: Option<Arc<ReadApi>>,
     shutdown: CancellationToken,
 }
 
@@ -130,11 +135,11 @@ impl<A: ArchiveBackend> Connection<A> {
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let (ingest, limits) = (self.ingest, self.limits);
+        let (ingest, limits, reads) = (self.ingest, self.limits, self.reads);
         let addr = peer.addr;
         let peer = Arc::new(peer);
         let svc = hyper::service::service_fn(move |req| {
-            handle(ingest.clone(), limits, peer.clone(), req)
+            handle(ingest.clone(), limits, reads.clone(), peer.clone(), req)
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder

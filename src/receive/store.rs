@@ -11,10 +11,10 @@
 //!   whatever an interrupted write left behind.
 //!
 //! [`FsArchive`] uses the layout of `crate::archive` (host / stream / day / chain). One write:
-//! 1. create missing directories (0750), fsyncing each new directory's parent; when the
+//! 1. create missing directories (0700), fsyncing each new directory's parent; when the
 //!    chain's directory for today is new, look for the seq in the chain's other days first
 //!    (a retry across midnight must not store a seq twice);
-//! 2. write the envelope to `.tmp-<seq>-<random>` in the chain directory (0440), fsync it;
+//! 2. write the envelope to `.tmp-<seq>-<random>` in the chain directory (0400), fsync it;
 //! 3. `hard_link` it to `<seq>.lvb` — which fails if that name exists, so nothing is ever
 //!    overwritten — then unlink the temp name and fsync the chain directory.
 //!
@@ -31,8 +31,8 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-const FILE_MODE: u32 = 0o440;
-const DIR_MODE: u32 = 0o750;
+const FILE_MODE: u32 = 0o400;
+const DIR_MODE: u32 = 0o700;
 
 /// One chain: `(host, stream, chain_id)`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -96,7 +96,7 @@ pub struct FsArchive {
 }
 
 impl FsArchive {
-    /// Opens the archive under `root`, creating it (0750) if needed.
+    /// Opens the archive under `root`, creating it (0700) if needed.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -370,14 +370,14 @@ mod tests {
             "web-1/audit/{today}/abababababababababababababababab/00000000000000000001.lvb"
         ));
         assert_eq!(std::fs::read(&expected).unwrap(), bytes);
-        assert_eq!(mode(&expected), 0o440);
+        assert_eq!(mode(&expected), 0o400);
         for d in [
             "web-1".to_string(),
             "web-1/audit".to_string(),
             format!("web-1/audit/{today}"),
             format!("web-1/audit/{today}/abababababababababababababababab"),
         ] {
-            assert_eq!(mode(&dir.path().join(&d)), 0o750, "{d}");
+            assert_eq!(mode(&dir.path().join(&d)), 0o700, "{d}");
         }
         let names: Vec<_> = std::fs::read_dir(expected.parent().unwrap())
             .unwrap()

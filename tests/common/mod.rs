@@ -236,11 +236,21 @@ impl World {
 
     /// `logveil archive cat` parsed into records.
     pub fn records(&self) -> Vec<serde_json::Value> {
-        let out = Command::new(bin())
-            .args(["archive", "cat", "--archive"])
-            .arg(self.path("archive"))
-            .output()
-            .unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(["archive", "cat", "--archive"])
+            .arg(self.path("archive"));
+        // An archive with a custody ledger is read only on record (docs/CUSTODY.md).
+        if self.path("archive/.custody/ledger.jsonl").exists() {
+            cmd.args([
+                "--who",
+                "test-harness",
+                "--reason",
+                "test assertions",
+                "--record-with",
+            ])
+            .arg(self.path("keys/store.key"));
+        }
+        let out = cmd.output().unwrap();
         assert!(
             out.status.success(),
             "archive cat failed: {}",
