@@ -12,8 +12,10 @@ mkdir -p "$WORK"/{logs,keys,trusted,archive,data}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PORT=$(free_port)
+TPORT=$(free_port)
 
 "$BIN" keygen --out "$WORK/keys"
+"$BIN" keygen --name store --out "$WORK/keys"               # the store's custody-ledger key
 cp "$WORK/keys/agent.pub" "$WORK/trusted/demo-host.pub"     # enrolment
 
 cat > "$WORK/collector.toml" <<TOML
@@ -21,6 +23,10 @@ cat > "$WORK/collector.toml" <<TOML
 listen = "127.0.0.1:$PORT"
 archive_dir = "$WORK/archive"
 trusted_keys_dir = "$WORK/trusted"
+store_key = "$WORK/keys/store.key"
+
+[telemetry]
+listen = "127.0.0.1:$TPORT"
 TOML
 cat > "$WORK/agent.toml" <<TOML
 [agent]
@@ -58,20 +64,28 @@ trap 'kill $AGENT $STORE 2>/dev/null || true' EXIT
 
 echo "waiting for $expected lines to reach the archive..."
 for _ in $(seq 1 600); do
-    n=$("$BIN" archive cat --archive "$WORK/archive" 2>/dev/null | wc -l)
+    n=$(python3 - "$TPORT" <<'PY' 2>/dev/null || echo 0
+import sys, urllib.request
+body = urllib.request.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1], timeout=2).read().decode()
+print(next((int(float(l.split()[-1])) for l in body.splitlines()
+            if l.startswith("logveil_receiver_records_accepted_total")), 0))
+PY
+)
     [ "$n" -ge "$expected" ] && break
     sleep 0.1
 done
 echo "archived records: $n of $expected"
 
 echo; echo "--- the application log as archived (PII redacted on the host):"
-"$BIN" archive cat --archive "$WORK/archive" | grep '"source":"system"' | grep app.log | python3 -c '
+# Every local read of the archive is recorded in its custody ledger: who, why.
+"$BIN" archive cat --archive "$WORK/archive" --who demo-operator --reason "demo walkthrough" \
+    --record-with "$WORK/keys/store.key" | grep '"source":"system"' | grep app.log | python3 -c '
 import json, sys
 for l in sys.stdin:
     r = json.loads(l); print(r["offset"], r["body"])'
 
 echo; echo "--- verify:"
-"$BIN" verify --archive "$WORK/archive" --keys "$WORK/trusted"
+"$BIN" verify --archive "$WORK/archive" --keys "$WORK/trusted" --store-key "$WORK/keys/store.pub"
 
 kill -TERM $AGENT; wait $AGENT || true
 kill -TERM $STORE; wait $STORE || true
