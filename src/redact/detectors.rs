@@ -6,6 +6,7 @@
 //! in one multi-pattern pass, the validator decides (checksums, ranges, what the
 //! candidate is glued to, keywords before it).
 
+use super::prefilter::Shape;
 use super::validate::{self, Validator};
 
 pub struct Builtin {
@@ -21,6 +22,8 @@ pub struct Builtin {
     pub digits: u8,
     /// …and at least `n` of each byte `b` in `(b, n)`. Loosening a pattern must loosen these.
     pub bytes: &'static [(u8, u8)],
+    /// …and the digit layout `shape` somewhere.
+    pub shape: Shape,
 }
 
 /// The literal forms of [`at!`], for the e-mail prefilter.
@@ -57,6 +60,7 @@ pub const BUILTINS: &[Builtin] = &[
         hints: &["marketplace"],
         digits: 0,
         bytes: &[],
+        shape: Shape::Any,
     },
     Builtin {
         kind: "email",
@@ -72,6 +76,7 @@ pub const BUILTINS: &[Builtin] = &[
         hints: AT_FORMS,
         digits: 0,
         bytes: &[],
+        shape: Shape::Any,
     },
     Builtin {
         kind: "jwt",
@@ -82,6 +87,7 @@ pub const BUILTINS: &[Builtin] = &[
         hints: &["eyJ"],
         digits: 0,
         bytes: &[],
+        shape: Shape::Any,
     },
     Builtin {
         kind: "aws_key",
@@ -95,6 +101,7 @@ pub const BUILTINS: &[Builtin] = &[
         ],
         digits: 0,
         bytes: &[],
+        shape: Shape::Any,
     },
     Builtin {
         kind: "aws_key",
@@ -105,6 +112,7 @@ pub const BUILTINS: &[Builtin] = &[
         hints: &["secret"],
         digits: 0,
         bytes: &[],
+        shape: Shape::Any,
     },
     Builtin {
         kind: "api_key",
@@ -135,6 +143,7 @@ pub const BUILTINS: &[Builtin] = &[
         ],
         digits: 0,
         bytes: &[],
+        shape: Shape::Any,
     },
     Builtin {
         kind: "api_key",
@@ -145,6 +154,7 @@ pub const BUILTINS: &[Builtin] = &[
         hints: &["basic", "bearer", "token", "digest"],
         digits: 0,
         bytes: &[],
+        shape: Shape::Any,
     },
     Builtin {
         kind: "api_key",
@@ -155,6 +165,7 @@ pub const BUILTINS: &[Builtin] = &[
         hints: &["://"],
         digits: 0,
         bytes: &[(b'@', 1), (b':', 2)],
+        shape: Shape::Any,
     },
     Builtin {
         kind: "order_id",
@@ -165,6 +176,7 @@ pub const BUILTINS: &[Builtin] = &[
         hints: &[],
         digits: 17,
         bytes: &[(b'-', 2)],
+        shape: Shape::Order,
     },
     Builtin {
         kind: "card",
@@ -175,6 +187,7 @@ pub const BUILTINS: &[Builtin] = &[
         hints: &[],
         digits: 13,
         bytes: &[],
+        shape: Shape::Card,
     },
     Builtin {
         kind: "iban",
@@ -185,6 +198,7 @@ pub const BUILTINS: &[Builtin] = &[
         hints: &[],
         digits: 2,
         bytes: &[],
+        shape: Shape::Iban,
     },
     Builtin {
         kind: "ssn",
@@ -195,6 +209,7 @@ pub const BUILTINS: &[Builtin] = &[
         hints: &[],
         digits: 9,
         bytes: &[],
+        shape: Shape::Ssn,
     },
     Builtin {
         kind: "ssn",
@@ -205,6 +220,7 @@ pub const BUILTINS: &[Builtin] = &[
         hints: &["ssn", "social security", "ss#", "sozialversicherungsnummer"],
         digits: 9,
         bytes: &[],
+        shape: Shape::Any,
     },
     Builtin {
         kind: "vat",
@@ -215,6 +231,7 @@ pub const BUILTINS: &[Builtin] = &[
         hints: &[],
         digits: 6,
         bytes: &[],
+        shape: Shape::Any,
     },
     Builtin {
         kind: "vat",
@@ -225,6 +242,7 @@ pub const BUILTINS: &[Builtin] = &[
         hints: &[],
         digits: 11,
         bytes: &[(b' ', 3)],
+        shape: Shape::Abn,
     },
     Builtin {
         kind: "vat",
@@ -247,6 +265,7 @@ pub const BUILTINS: &[Builtin] = &[
         ],
         digits: 2,
         bytes: &[],
+        shape: Shape::Any,
     },
     Builtin {
         kind: "phone",
@@ -257,6 +276,7 @@ pub const BUILTINS: &[Builtin] = &[
         hints: &[],
         digits: 2,
         bytes: &[(b'+', 1)],
+        shape: Shape::Any,
     },
     Builtin {
         kind: "phone",
@@ -267,6 +287,7 @@ pub const BUILTINS: &[Builtin] = &[
         hints: &[],
         digits: 10,
         bytes: &[],
+        shape: Shape::Nanp,
     },
     Builtin {
         kind: "phone",
@@ -277,6 +298,7 @@ pub const BUILTINS: &[Builtin] = &[
         hints: &[],
         digits: 2,
         bytes: &[],
+        shape: Shape::Any,
     },
     Builtin {
         kind: "ipv4",
@@ -287,6 +309,7 @@ pub const BUILTINS: &[Builtin] = &[
         hints: &[],
         digits: 4,
         bytes: &[(b'.', 3)],
+        shape: Shape::Ipv4,
     },
     Builtin {
         kind: "ipv6",
@@ -297,6 +320,7 @@ pub const BUILTINS: &[Builtin] = &[
         hints: &[],
         digits: 0,
         bytes: &[(b':', 2)],
+        shape: Shape::Any,
     },
     Builtin {
         kind: "dob",
@@ -328,6 +352,7 @@ pub const BUILTINS: &[Builtin] = &[
         ],
         digits: 4,
         bytes: &[],
+        shape: Shape::Any,
     },
 ];
 
