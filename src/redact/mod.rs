@@ -17,8 +17,10 @@
 //!    strings): a value under a PII field name is a finding.
 //! 3. **SQL** ([`sql`]): in a statement (pgaudit, MariaDB audit, any SQL in a configured
 //!    `sql_fields` field) every string and numeric literal becomes `?`.
-//! 4. **Detectors** ([`detectors`]): one [`RegexSet`] pass tells which detectors can match
-//!    at all; each candidate is checked by its validator (Luhn, mod-97, SSN rules, …).
+//! 4. **Detectors** ([`detectors`]): a cheap [`prefilter`] pass (literal hints, digit and
+//!    byte counts) tells which built-in detectors can match at all; only those (and every
+//!    user rule) run their own regex, and each candidate is checked by its validator
+//!    (Luhn, mod-97, SSN rules, …).
 //! 5. **Encoded views** ([`view`]): when the text has `%XX` escapes it is URL-decoded (and
 //!    again for double encoding), when it has backslash escapes it is unescaped, and each
 //!    view is scanned again; findings map back to the encoded bytes.
@@ -55,6 +57,7 @@ pub mod detectors;
 pub mod fields;
 pub mod json;
 pub mod mask;
+pub mod prefilter;
 pub mod sql;
 pub mod validate;
 pub mod view;
@@ -63,7 +66,7 @@ pub use crate::config::Format;
 use crate::config::RedactConfig;
 use aho_corasick::AhoCorasick;
 use mask::{Mode, PseudonymKey};
-use regex::{Regex, RegexSet};
+use regex::Regex;
 use std::borrow::Cow;
 use std::collections::HashMap;
 
@@ -176,6 +179,8 @@ struct Detector {
     group: usize,
     validate: validate::Validator,
     prio: u32,
+    /// Built-in detectors only: necessary conditions for the pattern to match.
+    gate: Option<prefilter::Gate>,
 }
 
 struct Allow {
@@ -188,7 +193,6 @@ pub struct Redactor {
     kinds: Vec<String>,
     modes: Vec<Mode>,
     detectors: Vec<Detector>,
-    set: RegexSet,
     kv: Regex,
     key_hints: AhoCorasick,
     sql_hints: AhoCorasick,
@@ -198,6 +202,7 @@ pub struct Redactor {
     /// Index of the pseudo field type "sql" (values are SQL: strip literals).
     sql_field: usize,
     allow: Vec<Allow>,
+    prefilter: prefilter::Prefilter,
     max_record_bytes: usize,
     mask_keep: usize,
     key: Option<PseudonymKey>,
@@ -264,6 +269,7 @@ impl Redactor {
                 group: 0,
                 validate: validate::any,
                 prio: index as u32,
+                gate: None,
             });
         }
         let enabled: Option<&Vec<String>> = cfg.detectors.as_ref();
@@ -277,6 +283,7 @@ impl Redactor {
                 }
             }
         }
+        let prefilter = prefilter::Prefilter::new();
         for (i, b) in detectors::BUILTINS.iter().enumerate() {
             if let Some(list) = enabled {
                 if !list.iter().any(|n| n == b.rule || n == b.kind) {
@@ -291,16 +298,9 @@ impl Redactor {
                 group: b.group,
                 validate: b.validate,
                 prio: 200 + i as u32,
+                gate: Some(prefilter.gate(i)),
             });
         }
-        let set = regex::RegexSetBuilder::new(detectors.iter().map(|d| d.regex.as_str()))
-            .dfa_size_limit(64 << 20)
-            .build()
-            .map_err(|e| RedactError::BadPattern {
-                index: 0,
-                kind: "(all)".into(),
-                error: e.to_string(),
-            })?;
 
         let mut field_names = HashMap::new();
         for f in &cfg.fields {
@@ -385,7 +385,7 @@ impl Redactor {
             kinds,
             modes,
             detectors,
-            set,
+            prefilter,
             kv: Regex::new(KV_PATTERN).expect("kv pattern compiles"),
             key_hints: AhoCorasick::builder()
                 .ascii_case_insensitive(true)
@@ -684,12 +684,11 @@ impl Redactor {
     }
 
     fn detect(&self, text: &str, out: &mut Vec<Finding>) {
-        let hits = self.set.matches(text);
-        if !hits.matched_any() {
-            return;
-        }
-        for idx in hits.iter() {
-            let d = &self.detectors[idx];
+        let seen = self.prefilter.scan(text);
+        for (idx, d) in self.detectors.iter().enumerate() {
+            if d.gate.is_some_and(|g| !seen.passes(&g)) {
+                continue;
+            }
             if d.group == 0 {
                 // Resume after an accepted span, not after the candidate: a validator may
                 // narrow a candidate, and what it left out may hold another finding.
