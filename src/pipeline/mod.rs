@@ -173,6 +173,11 @@ impl Pipeline {
             rec.extend_from_slice(&prefix);
             rec.extend_from_slice(itoa_u64(line.offset).as_bytes());
             rec.extend_from_slice(b",\"timestamp\":\"");
+            let event_ts = line.event.and_then(|e| e.timestamp);
+            if let Some(t) = event_ts {
+                rec.extend_from_slice(humantime::format_rfc3339_nanos(t).to_string().as_bytes());
+                rec.extend_from_slice(b"\",\"observed_timestamp\":\"");
+            }
             match &ts_cache {
                 Some((t, s)) if *t == line.read_at => rec.extend_from_slice(s.as_bytes()),
                 _ => {
@@ -181,7 +186,13 @@ impl Pipeline {
                     ts_cache = Some((line.read_at, s));
                 }
             }
-            rec.extend_from_slice(b"\",\"body\":");
+            rec.push(b'"');
+            if let Some(e) = line.event {
+                rec.extend_from_slice(b",\"attributes\":{\"log.iostream\":\"");
+                rec.extend_from_slice(e.iostream.as_str().as_bytes());
+                rec.extend_from_slice(b"\"}");
+            }
+            rec.extend_from_slice(b",\"body\":");
             record::push_json_str(&mut rec, &body);
             if escaped {
                 rec.extend_from_slice(b",\"body_encoding\":\"escaped\"");
@@ -227,6 +238,15 @@ impl Pipeline {
             let mut cp = chunk.checkpoint.clone();
             cp.offset = line.end;
             self.checkpoints.insert(cp.id, cp);
+        }
+        if !chunk.forget.is_empty() {
+            for id in &chunk.forget {
+                self.checkpoints.remove(id);
+            }
+            self.buffer.forget_checkpoints(&chunk.forget)?;
+            if chunk.forget.contains(&chunk.checkpoint.id) {
+                return Ok(true);
+            }
         }
         // The chunk's own checkpoint can be past its last line (a reset after truncation).
         let cp = chunk.checkpoint;

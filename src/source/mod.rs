@@ -88,6 +88,7 @@
 //! `lines_read` (lines and parts handed over), `bytes_read` (bytes read from files),
 //! `lines_split`, `truncations`, `files_open` (gauge), `source_errors`.
 
+mod assemble;
 pub mod checkpoint;
 mod discover;
 mod framer;
@@ -96,6 +97,7 @@ mod tail;
 #[cfg(test)]
 mod tests;
 
+pub use assemble::parse_rfc3339;
 pub use checkpoint::{Checkpoint, FileId, HEAD_BYTES};
 
 use std::path::Path;
@@ -107,7 +109,10 @@ use std::time::SystemTime;
 pub struct Line {
     /// Byte offset in the file of the line's (or part's) first byte.
     pub offset: u64,
-    /// Byte offset just past this line (or part) and its line end: where reading resumes.
+    /// Where reading resumes if this line and every line handed over before it are kept:
+    /// just past the line (or part) and its line end, or earlier when bytes before that
+    /// are still held (an unfinished multiline record or CRI/Docker partial of the other
+    /// stream); never later.
     pub end: u64,
     /// The line's bytes without the line end (`\n`, or `\r\n`).
     pub bytes: Vec<u8>,
@@ -115,6 +120,31 @@ pub struct Line {
     pub read_at: SystemTime,
     /// For a line split because it exceeded `max_line_bytes`: (0-based part index, is last part).
     pub part: Option<(u32, bool)>,
+    /// What a container log format (`cri`, `docker`) said about the line.
+    pub event: Option<Event>,
+}
+
+/// A container runtime's view of a line: when it was written and to which stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    /// The runtime's timestamp; becomes the record's `timestamp`.
+    pub timestamp: Option<SystemTime>,
+    pub iostream: IoStream,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IoStream {
+    Stdout,
+    Stderr,
+}
+
+impl IoStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IoStream::Stdout => "stdout",
+            IoStream::Stderr => "stderr",
+        }
+    }
 }
 
 /// Lines read from one file in one pass, and that file's checkpoint after the last of them.
@@ -126,6 +156,10 @@ pub struct Chunk {
     pub lines: Vec<Line>,
     /// Where reading resumes after these lines, should they be sealed.
     pub checkpoint: Checkpoint,
+    /// Checkpoints to delete: files gone for longer than their source's
+    /// `checkpoint_expiry`. A chunk whose own checkpoint's id is in this list carries
+    /// nothing else (no lines, and its checkpoint is not to be saved).
+    pub forget: Vec<FileId>,
 }
 
 /// Errors of the file source as a whole (one file's errors are never fatal).

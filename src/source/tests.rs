@@ -26,6 +26,12 @@ fn source(include: &[&Path], exclude: &[&Path]) -> SourceConfig {
         partial_line_timeout: Duration::from_millis(400),
         poll_interval: Duration::from_millis(50),
         rotate_wait: Duration::from_millis(200),
+        read_from: Default::default(),
+        ignore_older: None,
+        max_open_files: 1024,
+        checkpoint_expiry: Duration::from_secs(3600),
+        read_compressed: false,
+        multiline: None,
     }
 }
 
@@ -77,11 +83,11 @@ impl Harness {
         for l in &chunk.lines {
             // The chunk's checkpoint is never before the end of a line it carries.
             assert!(
-                l.offset + (l.bytes.len() as u64).max(1) <= chunk.checkpoint.offset,
-                "checkpoint {} before line at {} ({} bytes)",
+                l.end <= chunk.checkpoint.offset,
+                "checkpoint {} before the end of the line at {} (end {})",
                 chunk.checkpoint.offset,
                 l.offset,
-                l.bytes.len()
+                l.end
             );
             self.got.push(Got {
                 path: chunk.path.to_path_buf(),
