@@ -4,7 +4,7 @@
 //! were rotated away or deleted once they have been idle long enough.
 
 use super::discover::{Discovery, Found};
-use super::tail::{FileRules, NoCheckpoint, StartAt, TailedFile};
+use super::tail::{FileRules, NoCheckpoint, StartAt, TailedFile, PREFIX_BYTES};
 use super::{Checkpoint, Chunk, FileId, SourceError, HEAD_BYTES};
 use crate::config::{ReadFrom, SourceConfig};
 use crate::telemetry::AgentMetrics;
@@ -89,7 +89,11 @@ pub(crate) struct ReadLoop {
     /// to see whether that file gets truncated (then the new one is its copy).
     held: HashMap<FileId, Instant>,
     retired: Vec<Retired>,
-    /// Set when some file is parked: data change notifications then trigger a rescan.
+    /// Last checkpoints of deleted files: never resumed, only expired (deleted from the
+    /// buffer after `checkpoint_expiry`).
+    deleted: HashMap<FileId, Checkpoint>,
+    /// Set when some file is parked or held: data change notifications then trigger a
+    /// rescan.
     parked_any: Arc<AtomicBool>,
     discovery: Discovery,
     /// Checkpoints of files not open: loaded at start, and those of closed files.
@@ -193,6 +197,7 @@ impl ReadLoop {
             skipped: HashSet::new(),
             held: HashMap::new(),
             retired: Vec::new(),
+            deleted: HashMap::new(),
             parked_any,
             sources,
             discovery,
@@ -355,8 +360,8 @@ impl ReadLoop {
         }
         self.check_heads()?;
         self.forget_old_checkpoints()?;
-        self.parked_any
-            .store(self.files.iter().any(|t| t.is_parked()), Ordering::Release);
+        let watch_data = !self.held.is_empty() || self.files.iter().any(|t| t.is_parked());
+        self.parked_any.store(watch_data, Ordering::Release);
         Ok(())
     }
 
@@ -528,9 +533,20 @@ impl ReadLoop {
         }
         let cfg = &self.sources[f.source];
         if !first {
+            // A twin: an open file with the same first bytes. The new file may be its copy
+            // (copytruncate) in progress, also while it is still shorter than the
+            // fingerprint (or empty): wait and see whether the twin gets truncated.
+            let short = &head[..head.len().min(PREFIX_BYTES)];
             let twin = self.files.iter().any(|t| {
                 let (len, hash) = t.fingerprint();
-                t.id != f.id && t.gone_since.is_none() && prefix_hash(len) == Some(hash)
+                if t.id == f.id || t.gone_since.is_some() || len == 0 {
+                    return false;
+                }
+                if head.len() >= len as usize {
+                    prefix_hash(len) == Some(hash)
+                } else {
+                    t.prefix().starts_with(short)
+                }
             });
             if twin {
                 let since = *self.held.entry(f.id).or_insert(now);
@@ -612,8 +628,11 @@ impl ReadLoop {
             .map(|s| s.checkpoint_expiry)
             .min()
             .unwrap_or(Duration::from_secs(7 * 24 * 3600));
+        // An inode reused by a file being read now: its checkpoint is that file's.
+        let open: HashSet<FileId> = self.files.iter().map(|t| t.id).collect();
+        self.deleted.retain(|id, _| !open.contains(id));
         let mut forget = Vec::new();
-        for (id, c) in &self.checkpoints {
+        for (id, c) in self.checkpoints.iter().chain(&self.deleted) {
             let expiry = self
                 .discovery
                 .source_of(&c.path)
@@ -634,7 +653,7 @@ impl ReadLoop {
             updated_unix: now,
         };
         for id in &forget {
-            if let Some(c) = self.checkpoints.remove(id) {
+            if let Some(c) = self.checkpoints.remove(id).or_else(|| self.deleted.remove(id)) {
                 tracing::debug!(path = %c.path.display(), "Forgetting the checkpoint of a file gone for longer than checkpoint_expiry.");
                 placeholder.path = c.path;
             }
@@ -794,9 +813,12 @@ impl ReadLoop {
             if !t.is_parked() {
                 self.open_count[t.source] -= 1;
             }
-            // A deleted file never comes back; its inode number may be reused by a new file.
-            if !t.deleted {
-                let cp = t.checkpoint();
+            // A deleted file never comes back; its inode number may be reused by a new file,
+            // so its checkpoint is kept only to be deleted from the buffer in time.
+            let cp = t.checkpoint();
+            if t.deleted {
+                self.deleted.insert(cp.id, cp);
+            } else {
                 self.checkpoints.insert(cp.id, cp);
             }
         }

@@ -86,6 +86,9 @@ pub(crate) struct TailedFile {
     rules: FileRules,
     head_len: u32,
     head_hash: [u8; 32],
+    /// The first [`PREFIX_BYTES`] bytes (fewer while the file is shorter): tells whether
+    /// a new, still short file could be a copy of this one in progress.
+    prefix: Vec<u8>,
     /// When bytes were last read (or the file was opened).
     pub last_growth: Instant,
     /// When the file was first seen gone from every matched path, or deleted.
@@ -99,6 +102,9 @@ pub(crate) struct TailedFile {
     /// A read error was already logged; cleared by the next successful pass.
     pub error_logged: bool,
 }
+
+/// How many first bytes are kept to compare with new files that are still short.
+pub(crate) const PREFIX_BYTES: usize = 64;
 
 /// Bytes looked at, back from the end, for the last line end when starting at the end.
 const END_SEARCH: u64 = 64 * 1024;
@@ -146,6 +152,7 @@ impl TailedFile {
         let offset = start.offset();
         file.seek(SeekFrom::Start(offset))?;
         let (head_len, head_hash) = head_of(&file, size)?;
+        let prefix = prefix_of(&file)?;
         let t = TailedFile {
             id,
             source,
@@ -156,6 +163,7 @@ impl TailedFile {
             rules: rules.clone(),
             head_len,
             head_hash,
+            prefix,
             last_growth: Instant::now(),
             gone_since: None,
             deleted: false,
@@ -217,6 +225,11 @@ impl TailedFile {
     /// When a held multiline record may become due.
     pub(crate) fn assembly_deadline(&self) -> Option<Instant> {
         self.assembler.deadline()
+    }
+
+    /// The file's first bytes (up to [`PREFIX_BYTES`]).
+    pub(crate) fn prefix(&self) -> &[u8] {
+        &self.prefix
     }
 
     /// Length and hash of the first bytes: the fingerprint of the generation being read.
@@ -290,6 +303,9 @@ impl TailedFile {
         if (self.head_len as usize) < HEAD_BYTES && pos.max(size) > u64::from(self.head_len) {
             let file = self.file.as_ref().expect("checked above");
             (self.head_len, self.head_hash) = head_of(file, pos.max(size))?;
+            if self.prefix.len() < PREFIX_BYTES {
+                self.prefix = prefix_of(file)?;
+            }
         }
         Ok((pass, meta.nlink() == 0))
     }
@@ -318,6 +334,7 @@ impl TailedFile {
         self.assembler.reset();
         let size = file.metadata()?.len();
         (self.head_len, self.head_hash) = head_of(file, size)?;
+        self.prefix = prefix_of(file)?;
         Ok(())
     }
 
@@ -356,6 +373,21 @@ impl TailedFile {
                 .unwrap_or(0),
         }
     }
+}
+
+fn prefix_of(file: &File) -> io::Result<Vec<u8>> {
+    let mut p = vec![0u8; PREFIX_BYTES];
+    let mut got = 0;
+    while got < p.len() {
+        match file.read_at(&mut p[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    p.truncate(got);
+    Ok(p)
 }
 
 /// Offset just past the last `\n` in the file (0 if none in the last [`END_SEARCH`] bytes

@@ -657,3 +657,43 @@ fn unreadable_file_is_reported_and_others_still_read() {
     fs::set_permissions(&locked, fs::Permissions::from_mode(0o644)).unwrap();
     h.until("locked", |h| h.has("locked"));
 }
+
+/// Copytruncate with the copy matched by the glob, with or without unread lines at the
+/// moment of the copy: the copy continues where the truncated file was left.
+fn copy_of_truncated_file_continues_where_it_was_left(unread: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.log");
+    let lines: String = (0..200).map(|i| format!("first {i:04} padding\n")).collect();
+    append(&p, lines.as_bytes());
+    let mut h = Harness::start(vec![source(&[&dir.path().join("c.log*")], &[])], vec![]);
+    h.until("first", |h| h.has("first 0199 padding"));
+    if unread {
+        append(&p, b"late one\nlate two\n");
+    }
+    fs::copy(&p, dir.path().join("c.log.1")).unwrap();
+    File::options()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    append(&p, b"after\n");
+    h.until("after", |h| h.has("after"));
+    if unread {
+        h.until("late lines", |h| h.has("late two"));
+    }
+    h.settle(Duration::from_millis(800));
+    assert_eq!(h.count("first 0000 padding"), 1, "{:?}", h.texts().len());
+    assert_eq!(h.count("late one"), usize::from(unread));
+    assert_eq!(h.got.len(), 200 + 1 + 2 * usize::from(unread));
+}
+
+#[test]
+fn copy_of_a_truncated_file_is_not_read_again() {
+    copy_of_truncated_file_continues_where_it_was_left(false);
+}
+
+#[test]
+fn copy_of_a_truncated_file_yields_the_lines_not_read_before_the_truncation() {
+    copy_of_truncated_file_continues_where_it_was_left(true);
+}
