@@ -433,6 +433,11 @@ impl ReadLoop {
             self.skipped.insert(f.id);
             return;
         }
+        if !self.make_room(f.source, None) {
+            // Every descriptor is busy with a file not yet read to its end: try later.
+            self.rescan.store(true, Ordering::Release);
+            return;
+        }
         let cp = self.checkpoints.get(&f.id).cloned();
         let no_checkpoint = if cp.is_some() {
             NoCheckpoint::Beginning
@@ -442,11 +447,6 @@ impl ReadLoop {
                 None => return,
             }
         };
-        if !self.make_room(f.source, None) {
-            // Every descriptor is busy with a file not yet read to its end: try later.
-            self.rescan.store(true, Ordering::Release);
-            return;
-        }
         let rules = &self.rules[f.source];
         match TailedFile::open(f.id, f.source, &f.path, cp.as_ref(), no_checkpoint, rules) {
             Ok(Some((mut t, start))) => {
