@@ -40,7 +40,11 @@ fn assert_each_once(records: &[serde_json::Value], expected: &[String]) {
         *count.entry(r["body"].as_str().unwrap()).or_default() += 1;
     }
     for e in expected {
-        assert_eq!(count.get(e.as_str()), Some(&1), "line {e:?} not exactly once");
+        assert_eq!(
+            count.get(e.as_str()),
+            Some(&1),
+            "line {e:?} not exactly once"
+        );
     }
     assert_eq!(records.len(), expected.len(), "unexpected extra records");
 }
@@ -83,7 +87,10 @@ fn copytruncate_copy_matched_by_the_glob_is_not_read_again() {
     assert_eq!(w.records().len(), 1300, "something was read twice later");
     let logs = agent.log_text();
     assert!(logs.contains("truncated"), "truncation is logged: {logs}");
-    assert!(!logs.contains("payload text"), "agent logs hold no line content");
+    assert!(
+        !logs.contains("payload text"),
+        "agent logs hold no line content"
+    );
 }
 
 #[test]
@@ -235,8 +242,14 @@ fn read_from_end_at_first_start_then_restarts_resume_and_new_files_start_at_zero
     write_lines(&fresh, "fresh", 0, 7);
     let _agent = w.start_agent();
     let records = w.wait_records(probes + 22, LONG);
-    let bodies: Vec<&str> = records.iter().map(|r| r["body"].as_str().unwrap()).collect();
-    assert!(!bodies.iter().any(|b| b.starts_with("old ")), "backlog read");
+    let bodies: Vec<&str> = records
+        .iter()
+        .map(|r| r["body"].as_str().unwrap())
+        .collect();
+    assert!(
+        !bodies.iter().any(|b| b.starts_with("old ")),
+        "backlog read"
+    );
     for e in lines("new", 0, 10)
         .iter()
         .chain(&lines("down", 0, 5))

@@ -33,7 +33,10 @@ fn a_500_line_java_trace_arriving_slowly_and_across_a_kill9_stays_one_record() {
     let mut agent = w.start_agent();
     let app = w.logs().join("java.log");
     append(&app, "2024-01-01 10:00:00 INFO before\n");
-    append(&app, "2024-01-01 10:00:01 ERROR request failed\njava.lang.IllegalStateException: boom\n");
+    append(
+        &app,
+        "2024-01-01 10:00:01 ERROR request failed\njava.lang.IllegalStateException: boom\n",
+    );
     // Slowly, in many reads, with gaps shorter than the timeout; one line left unfinished
     // for longer than the timeout: it still continues the record.
     for k in 0..5 {
@@ -52,10 +55,17 @@ fn a_500_line_java_trace_arriving_slowly_and_across_a_kill9_stays_one_record() {
     }
     append(&app, "2024-01-01 10:00:02 INFO after\n");
     let records = w.wait_records(3, LONG);
-    let bodies: Vec<&str> = records.iter().map(|r| r["body"].as_str().unwrap()).collect();
+    let bodies: Vec<&str> = records
+        .iter()
+        .map(|r| r["body"].as_str().unwrap())
+        .collect();
     assert_eq!(bodies[0], "2024-01-01 10:00:00 INFO before");
     let trace = bodies[1];
-    assert_eq!(trace.lines().count(), 2 + 500 + 1, "one record holds the whole trace");
+    assert_eq!(
+        trace.lines().count(),
+        2 + 500 + 1,
+        "one record holds the whole trace"
+    );
     assert!(trace.starts_with("2024-01-01 10:00:01 ERROR request failed\njava.lang"));
     assert!(trace.contains("\tat com.example.Unfinished.line(X.java:1)\n"));
     assert!(trace.ends_with("method499(Service.java:499)"));
@@ -76,7 +86,10 @@ fn python_tracebacks_join_by_continue_pattern() {
     let app = w.logs().join("py.log");
     let mut tb = String::from("ERROR handler crashed\nTraceback (most recent call last):\n");
     for i in 0..250 {
-        tb.push_str(&format!("  File \"/app/m{i}.py\", line {i}, in f{i}\n    f{}()\n", i + 1));
+        tb.push_str(&format!(
+            "  File \"/app/m{i}.py\", line {i}, in f{i}\n    f{}()\n",
+            i + 1
+        ));
     }
     tb.push_str("ValueError: bad value\nINFO next\n");
     append(&app, &tb);

@@ -67,8 +67,12 @@ fn five_thousand_files_then_500_more_arrive_whole_under_the_descriptor_bound() {
     let max_inotify = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let sampler = {
-        let (max_seen, max_inotify, done, logs) =
-            (max_seen.clone(), max_inotify.clone(), done.clone(), logs.clone());
+        let (max_seen, max_inotify, done, logs) = (
+            max_seen.clone(),
+            max_inotify.clone(),
+            done.clone(),
+            logs.clone(),
+        );
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
                 let (f, i) = fds(pid, &logs);
@@ -93,7 +97,10 @@ fn five_thousand_files_then_500_more_arrive_whole_under_the_descriptor_bound() {
         assert!(n <= 55_000, "{n} records: duplicates");
         n == 55_000
     });
-    eprintln!("all 55,000 lines arrived {:?} after the 500 new files", t0.elapsed());
+    eprintln!(
+        "all 55,000 lines arrived {:?} after the 500 new files",
+        t0.elapsed()
+    );
     done.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
     let records = w.records();

@@ -89,6 +89,8 @@ pub(crate) struct ReadLoop {
     /// to see whether that file gets truncated (then the new one is its copy).
     held: HashMap<FileId, Instant>,
     retired: Vec<Retired>,
+    /// Generations retired so far (to notice new ones).
+    retired_total: u64,
     /// Last checkpoints of deleted files: never resumed, only expired (deleted from the
     /// buffer after `checkpoint_expiry`).
     deleted: HashMap<FileId, Checkpoint>,
@@ -197,6 +199,7 @@ impl ReadLoop {
             skipped: HashSet::new(),
             held: HashMap::new(),
             retired: Vec::new(),
+            retired_total: 0,
             deleted: HashMap::new(),
             parked_any,
             sources,
@@ -355,10 +358,19 @@ impl ReadLoop {
         // Files with a checkpoint first: their truncation while we were away retires a
         // generation that a copy among the others may continue.
         new.sort_by_key(|f| !self.checkpoints.contains_key(&f.id));
-        for f in new {
-            self.open_new(f, first);
+        for f in &new {
+            self.open_new(f, first)?;
         }
+        let retired_before = self.retired_total;
         self.check_heads()?;
+        if self.retired_total != retired_before {
+            // A file just found rewritten in place: a copy of it among the new files is
+            // linked now, before the file's reset checkpoint can be sent (see open_new).
+            let open: HashSet<FileId> = self.files.iter().map(|t| t.id).collect();
+            for f in new.iter().filter(|f| !open.contains(&f.id)) {
+                self.open_new(f, first)?;
+            }
+        }
         self.forget_old_checkpoints()?;
         let watch_data = !self.held.is_empty() || self.files.iter().any(|t| t.is_parked());
         self.parked_any.store(watch_data, Ordering::Release);
@@ -426,17 +438,20 @@ impl ReadLoop {
         }
     }
 
-    fn open_new(&mut self, f: &Found, first: bool) {
+    /// Opens a newly found file. A copy linked to a truncated generation has its
+    /// checkpoint sent at once: it must become durable no later than the truncated file's
+    /// reset, or a crash in between would forget the link and ship the copy again.
+    fn open_new(&mut self, f: &Found, first: bool) -> Result<(), Ended> {
         let cfg = &self.sources[f.source];
         if !cfg.read_compressed && is_compressed(f) {
             tracing::debug!(path = %f.path.display(), "Not reading a compressed file.");
             self.skipped.insert(f.id);
-            return;
+            return Ok(());
         }
         if !self.make_room(f.source, None) {
             // Every descriptor is busy with a file not yet read to its end: try later.
             self.rescan.store(true, Ordering::Release);
-            return;
+            return Ok(());
         }
         let cp = self.checkpoints.get(&f.id).cloned();
         let no_checkpoint = if cp.is_some() {
@@ -444,7 +459,7 @@ impl ReadLoop {
         } else {
             match self.without_checkpoint(f, first) {
                 Some(n) => n,
-                None => return,
+                None => return Ok(()),
             }
         };
         let rules = &self.rules[f.source];
@@ -487,12 +502,16 @@ impl ReadLoop {
                 if t.head_is_compressed() && !self.sources[f.source].read_compressed {
                     tracing::debug!(path = %f.path.display(), "Not reading a compressed file.");
                     self.skipped.insert(f.id);
-                    return;
+                    return Ok(());
                 }
                 self.checkpoints.remove(&f.id);
                 self.metrics.files_open.inc();
                 self.open_count[f.source] += 1;
+                let linked = matches!(start, StartAt::Linked(_));
                 self.files.push(t);
+                if linked {
+                    self.send_lines(self.files.len() - 1, Vec::new())?;
+                }
             }
             // Replaced between the walk and the open: the next scan sees the new file.
             Ok(None) => self.rescan.store(true, Ordering::Release),
@@ -503,6 +522,7 @@ impl ReadLoop {
                 }
             }
         }
+        Ok(())
     }
 
     /// Where a file without a checkpoint starts; `None`: hold it back for now (it may be
@@ -581,6 +601,7 @@ impl ReadLoop {
         if head_len == 0 || offset == 0 {
             return;
         }
+        self.retired_total += 1;
         if self.retired.len() >= RETIRED_MAX {
             self.retired.remove(0);
         }
@@ -653,7 +674,11 @@ impl ReadLoop {
             updated_unix: now,
         };
         for id in &forget {
-            if let Some(c) = self.checkpoints.remove(id).or_else(|| self.deleted.remove(id)) {
+            if let Some(c) = self
+                .checkpoints
+                .remove(id)
+                .or_else(|| self.deleted.remove(id))
+            {
                 tracing::debug!(path = %c.path.display(), "Forgetting the checkpoint of a file gone for longer than checkpoint_expiry.");
                 placeholder.path = c.path;
             }
@@ -732,7 +757,13 @@ impl ReadLoop {
             t.gone_since.get_or_insert_with(Instant::now);
         }
         if let Some((len, hash, at)) = pass.retired {
+            let before = self.retired_total;
             self.push_retired(len, hash, at);
+            if self.retired_total != before {
+                // Link a copy of the truncated generation before this file's reset
+                // checkpoint goes out (see open_new).
+                self.scan()?;
+            }
         }
         let t = &mut self.files[i];
         if let Some((offset, size)) = pass.truncated {

@@ -663,7 +663,9 @@ fn unreadable_file_is_reported_and_others_still_read() {
 fn copy_of_truncated_file_continues_where_it_was_left(unread: bool) {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("c.log");
-    let lines: String = (0..200).map(|i| format!("first {i:04} padding\n")).collect();
+    let lines: String = (0..200)
+        .map(|i| format!("first {i:04} padding\n"))
+        .collect();
     append(&p, lines.as_bytes());
     let mut h = Harness::start(vec![source(&[&dir.path().join("c.log*")], &[])], vec![]);
     h.until("first", |h| h.has("first 0199 padding"));
