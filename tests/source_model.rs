@@ -74,6 +74,8 @@ struct Sim {
     running: Option<Running>,
     sealed: HashMap<FileId, Checkpoint>,
     received: HashMap<String, usize>,
+    /// Where each line came from (path, offset), for failure messages.
+    origin: HashMap<String, Vec<(PathBuf, u64)>>,
     written: Vec<String>,
     /// Lines of each file on disk, by path (to know when a file has fully arrived).
     files: HashMap<PathBuf, Vec<String>>,
@@ -88,6 +90,7 @@ impl Sim {
             running: None,
             sealed: HashMap::new(),
             received: HashMap::new(),
+            origin: HashMap::new(),
             written: Vec::new(),
             files: HashMap::new(),
             next_line: 0,
@@ -124,7 +127,11 @@ impl Sim {
         let n = keep.unwrap_or(chunk.lines.len()).min(chunk.lines.len());
         for l in &chunk.lines[..n] {
             let text = String::from_utf8(l.bytes.clone()).unwrap();
-            *self.received.entry(text).or_default() += 1;
+            *self.received.entry(text.clone()).or_default() += 1;
+            self.origin
+                .entry(text)
+                .or_default()
+                .push((chunk.path.to_path_buf(), l.offset));
             let mut cp = chunk.checkpoint.clone();
             cp.offset = l.end;
             self.sealed.insert(cp.id, cp);
@@ -263,8 +270,27 @@ impl Sim {
             std::thread::sleep(Duration::from_millis(10));
             self.pump();
         }
+        let dups: Vec<_> = self
+            .received
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(l, _)| (l.clone(), self.origin[l].clone()))
+            .collect();
+        prop_assert!(
+            dups.is_empty(),
+            "{} duplicated lines: {:?}",
+            dups.len(),
+            &dups[..dups.len().min(6)]
+        );
         for (line, n) in &self.received {
-            prop_assert_eq!(*n, 1, "line {:?} arrived {} times", line, n);
+            prop_assert_eq!(
+                *n,
+                1,
+                "line {:?} arrived {} times: {:?}",
+                line,
+                n,
+                self.origin[line]
+            );
         }
         prop_assert_eq!(self.received.len(), self.written.len());
         self.crash(100);
@@ -286,6 +312,9 @@ proptest! {
     fn random_rotation_truncation_deletion_and_crashes_deliver_every_line_once(
         ops in proptest::collection::vec(op(), 1..25)
     ) {
+        if std::env::var_os("MODEL_TRACE").is_some() {
+            eprintln!("ops: {ops:?}");
+        }
         let mut sim = Sim::new();
         for op in ops {
             match op {

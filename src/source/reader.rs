@@ -52,6 +52,8 @@ const RETIRED_MEMORY: Duration = Duration::from_secs(3600);
 /// its copy (`app.log.1`) and continues at `offset`.
 #[derive(Debug, Clone)]
 struct Retired {
+    /// The file it was a generation of: never linked to itself.
+    from: FileId,
     head_len: u32,
     head_hash: [u8; 32],
     offset: u64,
@@ -351,13 +353,16 @@ impl ReadLoop {
         self.open_failures.retain(|p, _| found_paths.contains(p));
         self.skipped.retain(|id| present.contains_key(id));
         self.held.retain(|id, _| present.contains_key(id));
-        let mut new: Vec<&Found> = found
+        let new: Vec<&Found> = found
             .iter()
             .filter(|f| !open.contains(&f.id) && !self.skipped.contains(&f.id))
             .collect();
-        // Files with a checkpoint first: their truncation while we were away retires a
-        // generation that a copy among the others may continue.
-        new.sort_by_key(|f| !self.checkpoints.contains_key(&f.id));
+        // Checkpoints that no longer fit their file (truncated while we were away, or the
+        // inode reused by another file) are retired first, so a copy of that generation
+        // among the new files, whatever its name or inode, continues where it was left.
+        for f in &new {
+            self.retire_if_stale(f);
+        }
         for f in &new {
             self.open_new(f, first)?;
         }
@@ -483,20 +488,10 @@ impl ReadLoop {
                         tracing::info!(path = %f.path.display(), offset, "New file is a copy of a truncated file already read; continuing where that one was left.");
                         t.sent_offset = u64::MAX;
                     }
-                    StartAt::HeadChanged => {
-                        tracing::info!(
-                            path = %f.path.display(),
-                            "File has a checkpointed identity but other contents (inode reused); reading it from its start."
-                        );
-                        self.retire(cp.as_ref());
-                    }
-                    StartAt::Truncated { offset, size } => {
-                        tracing::warn!(
-                            path = %f.path.display(), checkpoint_offset = offset, size,
-                            "File is shorter than its checkpoint (truncated while not read); reading it from its start."
-                        );
-                        self.metrics.truncations.inc();
-                        self.retire(cp.as_ref());
+                    // Changed between retire_if_stale and the open: read from 0.
+                    StartAt::HeadChanged | StartAt::Truncated { .. } => {
+                        tracing::info!(path = %f.path.display(), "File changed while being opened; reading it from its start.");
+                        self.retire(f.id, cp.as_ref());
                     }
                 }
                 if t.head_is_compressed() && !self.sources[f.source].read_compressed {
@@ -546,7 +541,7 @@ impl ReadLoop {
         if let Some(k) = self
             .retired
             .iter()
-            .position(|r| prefix_hash(r.head_len) == Some(r.head_hash))
+            .position(|r| r.from != f.id && prefix_hash(r.head_len) == Some(r.head_hash))
         {
             let r = self.retired.remove(k);
             return Some(NoCheckpoint::Linked(r.offset));
@@ -557,7 +552,7 @@ impl ReadLoop {
             // (copytruncate) in progress, also while it is still shorter than the
             // fingerprint (or empty): wait and see whether the twin gets truncated.
             let short = &head[..head.len().min(PREFIX_BYTES)];
-            let twin = self.files.iter().any(|t| {
+            let twin = self.files.iter().position(|t| {
                 let (len, hash) = t.fingerprint();
                 if t.id == f.id || t.gone_since.is_some() || len == 0 {
                     return false;
@@ -568,9 +563,13 @@ impl ReadLoop {
                     t.prefix().starts_with(short)
                 }
             });
-            if twin {
+            if let Some(twin) = twin {
                 let since = *self.held.entry(f.id).or_insert(now);
-                if now.duration_since(since) < cfg.rotate_wait {
+                // A twin already truncated whose truncation this loop has not handled yet
+                // (it was busy, e.g. blocked by backpressure) keeps the new file held,
+                // however long that took.
+                if now.duration_since(since) < cfg.rotate_wait || self.files[twin].looks_truncated()
+                {
                     return None;
                 }
                 // Still side by side after rotate_wait: two files, not a copy.
@@ -591,13 +590,47 @@ impl ReadLoop {
         Some(NoCheckpoint::Beginning)
     }
 
-    fn retire(&mut self, cp: Option<&Checkpoint>) {
+    fn retire(&mut self, from: FileId, cp: Option<&Checkpoint>) {
         if let Some(cp) = cp {
-            self.push_retired(cp.head_len, cp.head_hash, cp.offset);
+            self.push_retired(from, cp.head_len, cp.head_hash, cp.offset);
         }
     }
 
-    fn push_retired(&mut self, head_len: u32, head_hash: [u8; 32], offset: u64) {
+    /// Drops the checkpoint of a found file if it no longer fits the file (shorter than
+    /// the offset, or other first bytes), retiring its generation; the file is then
+    /// treated as having no checkpoint.
+    fn retire_if_stale(&mut self, f: &Found) {
+        let Some(cp) = self.checkpoints.get(&f.id) else {
+            return;
+        };
+        let Ok(head) = read_head(&f.path) else {
+            return;
+        };
+        let len = cp.head_len as usize;
+        let head_fits = head.len() >= len && {
+            let h: [u8; 32] = Sha256::digest(&head[..len]).into();
+            h == cp.head_hash
+        };
+        if f.len >= cp.offset && head_fits {
+            return;
+        }
+        if f.len < cp.offset {
+            tracing::warn!(
+                path = %f.path.display(), checkpoint_offset = cp.offset, size = f.len,
+                "File is shorter than its checkpoint (truncated while not read); reading it from its start."
+            );
+            self.metrics.truncations.inc();
+        } else {
+            tracing::info!(
+                path = %f.path.display(),
+                "File has a checkpointed identity but other contents (inode reused or rewritten); reading it from its start."
+            );
+        }
+        let cp = self.checkpoints.remove(&f.id).expect("checked");
+        self.retire(f.id, Some(&cp));
+    }
+
+    fn push_retired(&mut self, from: FileId, head_len: u32, head_hash: [u8; 32], offset: u64) {
         if head_len == 0 || offset == 0 {
             return;
         }
@@ -606,6 +639,7 @@ impl ReadLoop {
             self.retired.remove(0);
         }
         self.retired.push(Retired {
+            from,
             head_len,
             head_hash,
             offset,
@@ -628,7 +662,8 @@ impl ReadLoop {
                     let (len, hash) = t.fingerprint();
                     let offset = t.checkpoint().offset;
                     let res = t.restart_from_zero();
-                    self.push_retired(len, hash, offset);
+                    let id = t.id;
+                    self.push_retired(id, len, hash, offset);
                     if let Err(e) = res {
                         self.file_error(i, &e);
                     }
@@ -758,7 +793,8 @@ impl ReadLoop {
         }
         if let Some((len, hash, at)) = pass.retired {
             let before = self.retired_total;
-            self.push_retired(len, hash, at);
+            let id = self.files[i].id;
+            self.push_retired(id, len, hash, at);
             if self.retired_total != before {
                 // Link a copy of the truncated generation before this file's reset
                 // checkpoint goes out (see open_new).

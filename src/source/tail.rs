@@ -324,6 +324,19 @@ impl TailedFile {
         Ok(len != self.head_len || hash != self.head_hash)
     }
 
+    /// True when the file is now shorter than our read position or its first bytes
+    /// changed: a truncation the next pass or scan will handle. False when unsure.
+    pub(crate) fn looks_truncated(&self) -> bool {
+        let Some(file) = self.file.as_ref() else {
+            return false;
+        };
+        match file.metadata() {
+            Ok(m) if m.len() < self.framer.read_offset() => true,
+            Ok(_) => self.head_changed().unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
     /// Drops the framing state and reads again from offset 0.
     pub(crate) fn restart_from_zero(&mut self) -> io::Result<()> {
         let Some(file) = self.file.as_mut() else {
