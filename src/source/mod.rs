@@ -243,6 +243,24 @@ pub fn spawn(
     Ok(SourceHandle { thread })
 }
 
+/// [`spawn`] without a change watcher: the polling fallback alone.
+#[cfg(test)]
+pub(crate) fn spawn_polling_only(
+    sources: Vec<crate::config::SourceConfig>,
+    tx: std::sync::mpsc::SyncSender<Chunk>,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<SourceHandle> {
+    let read_loop =
+        reader::ReadLoop::new(sources, Vec::new(), tx, stop, Default::default())?.without_watcher();
+    let thread = std::thread::Builder::new()
+        .name("logveil-source".into())
+        .spawn(move || {
+            read_loop.run();
+        })
+        .map_err(SourceError::Spawn)?;
+    Ok(SourceHandle { thread })
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Wake, Waker};
 use std::time::{Duration, Instant};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -96,6 +96,12 @@ pub(crate) struct ReadLoop {
     /// Last checkpoints of deleted files: never resumed, only expired (deleted from the
     /// buffer after `checkpoint_expiry`).
     deleted: HashMap<FileId, Checkpoint>,
+    /// Paths with data change notifications since the last read pass.
+    changed: Arc<Mutex<ChangedPaths>>,
+    /// When every open file was last looked at (they are, every `poll_interval`).
+    last_full_read: Option<Instant>,
+    /// The next read pass looks at every open file (after a scan).
+    full_read_next: bool,
     /// Set when some file is parked or held: data change notifications then trigger a
     /// rescan.
     parked_any: Arc<AtomicBool>,
@@ -154,6 +160,7 @@ impl ReadLoop {
             }
         }
         let parked_any = Arc::new(AtomicBool::new(false));
+        let changed = Arc::new(Mutex::new(ChangedPaths::default()));
         let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel(1);
         let rescan = Arc::new(AtomicBool::new(true));
 
@@ -165,8 +172,17 @@ impl ReadLoop {
         let watcher = {
             let rescan = rescan.clone();
             let parked_any = parked_any.clone();
+            let changed = changed.clone();
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
                 let (mut needs_rescan, wake) = classify(&res);
+                if wake && !needs_rescan {
+                    if let Ok(ev) = &res {
+                        changed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .add(&ev.paths);
+                    }
+                }
                 // A parked file is only reopened by a scan: data changes must trigger one.
                 needs_rescan |= wake && parked_any.load(Ordering::Acquire);
                 if needs_rescan {
@@ -204,6 +220,9 @@ impl ReadLoop {
             retired_total: 0,
             deleted: HashMap::new(),
             parked_any,
+            changed,
+            last_full_read: None,
+            full_read_next: true,
             sources,
             discovery,
             checkpoints: checkpoints.into_iter().map(|c| (c.id, c)).collect(),
@@ -224,6 +243,14 @@ impl ReadLoop {
             buf: vec![0; READ_BUF],
             _stop_wait: stop_wait,
         })
+    }
+
+    /// Drops the change watcher, as when inotify watches or instances are exhausted: only
+    /// polling finds and reads changes.
+    #[cfg(test)]
+    pub(crate) fn without_watcher(mut self) -> Self {
+        self.watcher = None;
+        self
     }
 
     pub(crate) fn run(mut self) -> Ended {
@@ -379,6 +406,7 @@ impl ReadLoop {
         self.forget_old_checkpoints()?;
         let watch_data = !self.held.is_empty() || self.files.iter().any(|t| t.is_parked());
         self.parked_any.store(watch_data, Ordering::Release);
+        self.full_read_next = true;
         Ok(())
     }
 
@@ -428,7 +456,7 @@ impl ReadLoop {
                     && !t.has_pending()
                     && t.gone_since.is_none()
                     && !t.deleted
-                    && t.sent_offset == t.checkpoint().offset
+                    && t.sent_offset == t.checkpoint_offset()
             })
             .min_by_key(|(_, t)| t.last_growth)
             .map(|(i, _)| i);
@@ -750,10 +778,26 @@ impl ReadLoop {
     }
 
     /// One round-robin pass over every open file. True if any file had new bytes.
+    ///
+    /// Every `poll_interval`, after a scan, and when notifications overflowed, the pass
+    /// looks at every open file. Otherwise only at files with a data change notification,
+    /// not read to their end, holding something back, or gone: with thousands of mostly
+    /// idle files, a line written to one of them costs one read, not one per file.
     fn read_all(&mut self) -> Result<bool, Ended> {
         let n = self.files.len();
         if n == 0 {
             return Ok(false);
+        }
+        let changed = std::mem::take(&mut *self.changed.lock().unwrap_or_else(|e| e.into_inner()));
+        let full = changed.overflow
+            || std::mem::take(&mut self.full_read_next)
+            || self.watcher.is_none()
+            || match self.last_full_read {
+                None => true,
+                Some(t) => t.elapsed() >= self.poll_interval,
+            };
+        if full {
+            self.last_full_read = Some(Instant::now());
         }
         let start = self.rr_start % n;
         self.rr_start = (start + 1) % n;
@@ -763,6 +807,17 @@ impl ReadLoop {
                 return Err(Ended::Stopped);
             }
             let i = (start + k) % n;
+            let Some(t) = self.files.get(i) else {
+                break;
+            };
+            let quiet = t.at_eof
+                && !t.has_pending()
+                && t.gone_since.is_none()
+                && t.sent_offset == t.checkpoint_offset()
+                && !changed.paths.contains(&*t.path);
+            if !full && quiet {
+                continue;
+            }
             any_data |= self.read_one(i)?;
         }
         Ok(any_data)
@@ -901,6 +956,30 @@ impl ReadLoop {
             tracing::warn!(path = %t.path.display(), error = %e, "Cannot read log file; will retry.");
             self.metrics.source_errors.inc();
         }
+    }
+}
+
+/// Paths named by data change notifications, bounded: past [`CHANGED_MAX`] paths only
+/// "everything may have changed" is kept.
+#[derive(Default)]
+struct ChangedPaths {
+    paths: HashSet<PathBuf>,
+    overflow: bool,
+}
+
+const CHANGED_MAX: usize = 4096;
+
+impl ChangedPaths {
+    fn add(&mut self, paths: &[PathBuf]) {
+        if self.overflow {
+            return;
+        }
+        if paths.is_empty() || self.paths.len() + paths.len() > CHANGED_MAX {
+            self.overflow = true;
+            self.paths.clear();
+            return;
+        }
+        self.paths.extend(paths.iter().cloned());
     }
 }
 

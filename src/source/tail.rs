@@ -367,6 +367,15 @@ impl TailedFile {
         self.framer.has_pending() || self.assembler.held_from().is_some()
     }
 
+    /// Offset of [`TailedFile::checkpoint`], without building it.
+    pub(crate) fn checkpoint_offset(&self) -> u64 {
+        self.assembler
+            .held_from()
+            .map_or(self.framer.committed_offset(), |h| {
+                h.min(self.framer.committed_offset())
+            })
+    }
+
     /// The checkpoint after every line the framer has emitted so far.
     pub(crate) fn checkpoint(&self) -> Checkpoint {
         Checkpoint {

@@ -699,3 +699,74 @@ fn copy_of_a_truncated_file_is_not_read_again() {
 fn copy_of_a_truncated_file_yields_the_lines_not_read_before_the_truncation() {
     copy_of_truncated_file_continues_where_it_was_left(true);
 }
+
+#[test]
+fn without_change_notifications_polling_finds_new_files_and_new_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = source(&[&dir.path().join("*.log")], &[]);
+    cfg.poll_interval = Duration::from_millis(100);
+    let (tx, rx) = sync_channel(64);
+    let stop = CancellationToken::new();
+    let handle = spawn_polling_only(vec![cfg], tx, stop.clone()).unwrap();
+    let mut h = Harness {
+        rx,
+        stop,
+        handle: Some(handle),
+        metrics: AgentMetrics::default(),
+        got: Vec::new(),
+        chunks: Vec::new(),
+    };
+    std::thread::sleep(Duration::from_millis(150));
+    append(&dir.path().join("late.log"), b"found by polling\n");
+    h.until("the new file's line", |h| h.has("found by polling"));
+    append(&dir.path().join("late.log"), b"appended later\n");
+    h.until("the appended line", |h| h.has("appended later"));
+    assert_eq!(h.count("found by polling"), 1);
+}
+
+#[test]
+fn with_more_files_than_max_open_files_all_are_read_and_descriptors_stay_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..40 {
+        append(
+            &dir.path().join(format!("f{i:02}.log")),
+            format!("file {i} first\n").as_bytes(),
+        );
+    }
+    let mut cfg = source(&[&dir.path().join("*.log")], &[]);
+    cfg.max_open_files = 5;
+    let mut h = Harness::start(vec![cfg], vec![]);
+    h.until("every first line", |h| {
+        (0..40).all(|i| h.has(&format!("file {i} first")))
+    });
+    assert!(
+        fds_in(dir.path()) <= 5,
+        "{} descriptors",
+        fds_in(dir.path())
+    );
+    // Parked files are reopened by identity when they change.
+    for i in (0..40).step_by(3) {
+        append(
+            &dir.path().join(format!("f{i:02}.log")),
+            format!("file {i} second\n").as_bytes(),
+        );
+    }
+    h.until("every second line", |h| {
+        (0..40)
+            .step_by(3)
+            .all(|i| h.has(&format!("file {i} second")))
+    });
+    assert!(fds_in(dir.path()) <= 5);
+    h.settle(Duration::from_millis(300));
+    for i in 0..40 {
+        assert_eq!(h.count(&format!("file {i} first")), 1);
+    }
+}
+
+fn fds_in(dir: &Path) -> usize {
+    fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t.starts_with(dir) && t != dir)
+        .count()
+}
