@@ -354,11 +354,17 @@ impl ReadLoop {
             match present.get(&t.id) {
                 Some(f) => {
                     t.gone_since = None;
-                    if *t.path != *f.path {
+                    let moved = *t.path != *f.path;
+                    if moved && t.is_parked() {
+                        // Without a descriptor the inode alone proves nothing (the file
+                        // may have been deleted and its inode reused): check on reopen.
+                        to_unpark.push(i);
+                    }
+                    if moved {
                         tracing::debug!(from = %t.path.display(), to = %f.path.display(), "Open file found under a new path.");
                         t.path = Arc::from(f.path.as_path());
                     }
-                    if t.is_parked() && f.len != t.read_offset() {
+                    if t.is_parked() && f.len != t.read_offset() && !moved {
                         to_unpark.push(i);
                     }
                 }
@@ -370,7 +376,8 @@ impl ReadLoop {
                 }
             }
         }
-        for i in to_unpark {
+        // Descending: a parked file found replaced is removed without moving the others.
+        for i in to_unpark.into_iter().rev() {
             self.unpark(i);
         }
         let first = self.scans == 0;
@@ -422,11 +429,16 @@ impl ReadLoop {
         match self.files[i].unpark(&path) {
             Ok(true) => self.open_count[source] += 1,
             Ok(false) => {
-                // The identity at that path changed: the parked file is gone for good.
-                tracing::debug!(path = %path.display(), "Parked file was replaced; letting it go.");
-                let t = &mut self.files[i];
-                t.gone_since.get_or_insert_with(Instant::now);
-                t.deleted = true;
+                // Same inode, other first bytes: truncated in place while parked, or
+                // deleted and its inode reused. Either way this generation is over: it is
+                // retired (a copy of it continues where it was left) and the file now at
+                // the path is opened as a new one by this scan.
+                let t = self.files.remove(i);
+                tracing::warn!(path = %path.display(), "File was truncated or replaced while closed (max_open_files); reading it as a new file.");
+                self.metrics.truncations.inc();
+                self.metrics.files_open.dec();
+                let (len, hash) = t.fingerprint();
+                self.push_retired(t.id, len, hash, t.checkpoint_offset());
             }
             Err(e) => {
                 if e.kind() != io::ErrorKind::NotFound {

@@ -195,8 +195,9 @@ impl TailedFile {
         self.at_eof = true;
     }
 
-    /// Reopens a parked file at `path`. `Ok(false)`: the path holds another file now (other
-    /// identity, or the same inode with other first bytes: reused), and this one is gone.
+    /// Reopens a parked file at `path`, positioned where it was. `Ok(false)`: the same
+    /// inode with other first bytes (truncated in place, or deleted and the inode reused
+    /// while no descriptor pinned it). `NotFound` when the path holds another file.
     pub(crate) fn unpark(&mut self, path: &Path) -> io::Result<bool> {
         let mut file = File::open(path)?;
         let meta = file.metadata()?;
@@ -205,7 +206,11 @@ impl TailedFile {
             ino: meta.ino(),
         }) != self.id
         {
-            return Ok(false);
+            // Replaced between the scan and now: the next scan looks again.
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "replaced since the scan",
+            ));
         }
         let (len, hash) = head_of(&file, u64::from(self.head_len))?;
         if len != self.head_len || hash != self.head_hash {
@@ -214,6 +219,7 @@ impl TailedFile {
         file.seek(SeekFrom::Start(self.framer.read_offset()))?;
         self.file = Some(file);
         self.path = Arc::from(path);
+        self.at_eof = false;
         Ok(true)
     }
 
@@ -328,7 +334,12 @@ impl TailedFile {
     /// changed: a truncation the next pass or scan will handle. False when unsure.
     pub(crate) fn looks_truncated(&self) -> bool {
         let Some(file) = self.file.as_ref() else {
-            return false;
+            // Parked: look at the path, if it is still this file.
+            return std::fs::metadata(&self.path).is_ok_and(|m| {
+                m.dev() == self.id.dev
+                    && m.ino() == self.id.ino
+                    && m.len() < self.framer.read_offset()
+            });
         };
         match file.metadata() {
             Ok(m) if m.len() < self.framer.read_offset() => true,
