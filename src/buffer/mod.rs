@@ -19,7 +19,7 @@
 //!   shrinks). [`Buffer::wait_for_space`] blocks the sealing thread while the buffer is full:
 //!   that is what pauses reading (`when_full = "block"`); nothing is ever dropped.
 
-use crate::source::Checkpoint;
+use crate::source::{Checkpoint, FileId};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use std::path::Path;
@@ -273,6 +273,18 @@ impl Buffer {
         let mut batch = sled::Batch::default();
         for c in checkpoints {
             batch.insert(&c.id.key()[..], c.encode());
+        }
+        self.checkpoints.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Deletes the checkpoints of files gone for longer than their source's
+    /// `checkpoint_expiry`. Only ever called for files the source no longer reads.
+    pub fn forget_checkpoints(&self, ids: &[FileId]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for id in ids {
+            batch.remove(&id.key()[..]);
         }
         self.checkpoints.apply_batch(batch)?;
         self.db.flush()?;

@@ -50,6 +50,49 @@ pub enum Format {
     /// Per record: JSON when it starts with `{`/`[` or embeds `{"`, else text and pairs.
     #[default]
     Auto,
+    /// Kubernetes CRI container log lines: `<rfc3339 time> <stdout|stderr> <P|F> <content>`.
+    Cri,
+    /// Docker's json-file driver: `{"log":"…\n","stream":"stdout","time":"…"}` per line.
+    Docker,
+}
+
+/// Where a file found at a source's very first start (no checkpoint of it) begins.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFrom {
+    #[default]
+    Beginning,
+    End,
+}
+
+/// Joins several lines into one record (stack traces, tracebacks).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MultilineConfig {
+    /// A line matching this regex starts a new record; other lines continue the current one.
+    pub start_pattern: Option<String>,
+    /// A line matching this regex continues the current record; others start a new one.
+    pub continue_pattern: Option<String>,
+    /// A record is emitted once no line has been added to it for this long (and the file
+    /// has no unfinished line that could continue it).
+    #[serde(default = "default_multiline_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// A record that reaches this many lines is emitted; the next line starts a new one.
+    #[serde(default = "default_multiline_max_lines")]
+    pub max_lines: usize,
+    /// A record that would grow past this many bytes is emitted first.
+    #[serde(default = "default_multiline_max_bytes")]
+    pub max_bytes: usize,
+}
+
+fn default_multiline_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_multiline_max_lines() -> usize {
+    2000
+}
+fn default_multiline_max_bytes() -> usize {
+    256 * 1024
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +119,62 @@ pub struct SourceConfig {
     /// How long a file that was renamed away or deleted is kept open after its last read.
     #[serde(default = "default_rotate_wait", deserialize_with = "duration")]
     pub rotate_wait: Duration,
+    /// Where files found at this source's very first start begin; later files always
+    /// begin at their start.
+    #[serde(default)]
+    pub read_from: ReadFrom,
+    /// Files without a checkpoint whose last change is older than this are not backfilled:
+    /// they begin at their end.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub ignore_older: Option<Duration>,
+    /// Upper bound of files held open by this source; idle files are closed and reopened
+    /// by identity when they change.
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: usize,
+    /// The checkpoint of a file not seen for this long is deleted.
+    #[serde(default = "default_checkpoint_expiry", deserialize_with = "duration")]
+    pub checkpoint_expiry: Duration,
+    /// Files whose first bytes are a gzip, bzip2, xz or zstd header are never read (a
+    /// rotated file compressed later is not shipped again). `true` reads them as bytes.
+    #[serde(default)]
+    pub read_compressed: bool,
+    #[serde(default)]
+    pub multiline: Option<MultilineConfig>,
+}
+
+/// The `multiline` rules of a source, compiled.
+#[derive(Debug, Clone)]
+pub struct MultilineRules {
+    /// `true`: the regex marks the first line of a record; `false`: it marks continuations.
+    pub is_start: bool,
+    pub regex: regex::bytes::Regex,
+    pub timeout: Duration,
+    pub max_lines: usize,
+    pub max_bytes: usize,
+}
+
+impl MultilineConfig {
+    pub fn compile(&self) -> Result<MultilineRules, String> {
+        let (is_start, pattern) = match (&self.start_pattern, &self.continue_pattern) {
+            (Some(p), None) => (true, p),
+            (None, Some(p)) => (false, p),
+            _ => {
+                return Err("exactly one of start_pattern and continue_pattern is required".into())
+            }
+        };
+        let regex = regex::bytes::Regex::new(pattern).map_err(|e| format!("bad regex: {e}"))?;
+        Ok(MultilineRules {
+            is_start,
+            regex,
+            timeout: self.timeout,
+            max_lines: self.max_lines.max(1),
+            max_bytes: self.max_bytes.max(1),
+        })
+    }
+}
+
+fn opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 fn default_format() -> Format {
@@ -92,6 +191,12 @@ fn default_poll_interval() -> Duration {
 }
 fn default_rotate_wait() -> Duration {
     Duration::from_secs(5)
+}
+fn default_max_open_files() -> usize {
+    1024
+}
+fn default_checkpoint_expiry() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -350,6 +455,26 @@ impl AgentConfig {
             }
             if s.poll_interval.is_zero() {
                 return Err(src.error(&key("poll_interval"), "must be greater than zero"));
+            }
+            if s.max_open_files < 1 {
+                return Err(src.error(&key("max_open_files"), "must be at least 1"));
+            }
+            if s.checkpoint_expiry.is_zero() {
+                return Err(src.error(&key("checkpoint_expiry"), "must be greater than zero"));
+            }
+            if let Some(m) = &s.multiline {
+                if let Err(e) = m.compile() {
+                    return Err(src.error(&key("multiline"), e));
+                }
+                if m.max_bytes * 2 > self.sink.batch_max_bytes {
+                    return Err(src.error(
+                        &key("multiline.max_bytes"),
+                        "must be at most half of sink.batch_max_bytes, so a record always fits a batch",
+                    ));
+                }
+                if m.timeout.is_zero() {
+                    return Err(src.error(&key("multiline.timeout"), "must be greater than zero"));
+                }
             }
         }
         match reqwest::Url::parse(&self.sink.url) {

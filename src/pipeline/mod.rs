@@ -77,6 +77,8 @@ pub struct Pipeline {
     last_ts: i64,
     opened: Option<Instant>,
     checkpoints: HashMap<FileId, Checkpoint>,
+    /// Checkpoints to delete once the batches before them are sealed.
+    forget: Vec<FileId>,
 }
 
 fn unix_nanos(t: SystemTime) -> i64 {
@@ -119,6 +121,7 @@ impl Pipeline {
             last_ts: 0,
             opened: None,
             checkpoints: HashMap::new(),
+            forget: Vec::new(),
         })
     }
 
@@ -241,6 +244,11 @@ impl Pipeline {
             rec.extend_from_slice(&prefix);
             rec.extend_from_slice(itoa_u64(line.offset).as_bytes());
             rec.extend_from_slice(b",\"timestamp\":\"");
+            let event_ts = line.event.and_then(|e| e.timestamp);
+            if let Some(t) = event_ts {
+                rec.extend_from_slice(humantime::format_rfc3339_nanos(t).to_string().as_bytes());
+                rec.extend_from_slice(b"\",\"observed_timestamp\":\"");
+            }
             match &ts_cache {
                 Some((t, s)) if *t == line.read_at => rec.extend_from_slice(s.as_bytes()),
                 _ => {
@@ -249,7 +257,13 @@ impl Pipeline {
                     ts_cache = Some((line.read_at, s));
                 }
             }
-            rec.extend_from_slice(b"\",\"body\":");
+            rec.push(b'"');
+            if let Some(e) = line.event {
+                rec.extend_from_slice(b",\"attributes\":{\"log.iostream\":\"");
+                rec.extend_from_slice(e.iostream.as_str().as_bytes());
+                rec.extend_from_slice(b"\"}");
+            }
+            rec.extend_from_slice(b",\"body\":");
             record::push_json_str(&mut rec, &body);
             if escaped {
                 rec.extend_from_slice(b",\"body_encoding\":\"escaped\"");
@@ -296,6 +310,20 @@ impl Pipeline {
             cp.offset = line.end;
             self.checkpoints.insert(cp.id, cp);
         }
+        if !chunk.forget.is_empty() {
+            for id in &chunk.forget {
+                self.checkpoints.remove(id);
+            }
+            // Forgotten by the sealer after the batches before it: an earlier batch still
+            // on its way must not bring a forgotten checkpoint back.
+            self.forget.extend_from_slice(&chunk.forget);
+            if self.opened.is_none() {
+                self.opened = Some(Instant::now());
+            }
+            if chunk.forget.contains(&chunk.checkpoint.id) {
+                return Ok(true);
+            }
+        }
         // The chunk's own checkpoint can be past its last line (a reset after truncation).
         let cp = chunk.checkpoint;
         let changed = self.checkpoints.get(&cp.id) != Some(&cp);
@@ -322,6 +350,7 @@ impl Pipeline {
             first_ts: self.first_ts,
             last_ts: self.last_ts,
             checkpoints: self.checkpoints.drain().map(|(_, c)| c).collect(),
+            forget: std::mem::take(&mut self.forget),
         };
         self.records = 0;
         self.opened = None;

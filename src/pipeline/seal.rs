@@ -27,6 +27,8 @@ pub(super) struct Batch {
     /// Where each file resumes after this batch. A batch with no records only moves
     /// checkpoints (a truncation reset).
     pub checkpoints: Vec<Checkpoint>,
+    /// Checkpoints of files gone for good, deleted after this batch is stored.
+    pub forget: Vec<crate::source::FileId>,
 }
 
 pub(super) struct Sealer {
@@ -60,6 +62,7 @@ impl Sealer {
     fn seal(&mut self, batch: Batch, hard_stop: &CancellationToken) -> Result<bool, PipelineError> {
         if batch.records == 0 {
             self.buffer.save_checkpoints(&batch.checkpoints)?;
+            self.buffer.forget_checkpoints(&batch.forget)?;
             return Ok(true);
         }
         let compressed = self
@@ -101,6 +104,7 @@ impl Sealer {
         }
         self.buffer
             .seal(DEFAULT_STREAM, self.seq, link, &bytes, &batch.checkpoints)?;
+        self.buffer.forget_checkpoints(&batch.forget)?;
         self.metrics.batches_sealed.inc();
         tracing::debug!(
             seq = self.seq,

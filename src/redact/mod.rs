@@ -502,11 +502,12 @@ impl Redactor {
         let mut json_whole = false;
         // 1. Structured JSON.
         let json_at = match format {
-            Format::Json | Format::Auto => {
+            // Container logs reach the engine unwrapped: their content is read like `auto`.
+            Format::Json | Format::Auto | Format::Cri | Format::Docker => {
                 let t = text.trim_start();
                 if t.starts_with('{') || t.starts_with('[') {
                     Some(text.len() - t.len())
-                } else if format == Format::Auto {
+                } else if format != Format::Json {
                     text.find("{\"").or_else(|| text.find("{ \""))
                 } else {
                     None

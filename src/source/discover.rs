@@ -20,6 +20,10 @@ pub(crate) struct Found {
     pub id: FileId,
     pub source: usize,
     pub path: PathBuf,
+    /// Size when found.
+    pub len: u64,
+    /// Last modification when found.
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// A directory to walk (and watch), and how deep below it globs can match.
@@ -144,6 +148,8 @@ impl Discovery {
                     found.push(Found {
                         id,
                         source,
+                        len: meta.len(),
+                        modified: meta.modified().ok(),
                         path: entry.into_path(),
                     });
                 }

@@ -139,6 +139,7 @@ impl Framer {
             bytes,
             read_at,
             part: self.last_part(),
+            event: None,
         });
         self.pending_start += len;
         self.parts_emitted = 0;
@@ -158,6 +159,7 @@ impl Framer {
             bytes,
             read_at,
             part: self.last_part(),
+            event: None,
         });
         self.pending_start += consumed;
         self.parts_emitted = 0;
@@ -192,6 +194,7 @@ impl Framer {
             bytes: part,
             read_at,
             part: Some((self.parts_emitted, false)),
+            event: None,
         });
         self.pending_start += cut as u64;
         self.parts_emitted += 1;

@@ -23,17 +23,36 @@
 //! A file is its (device, inode) ([`FileId`]), not its path: a file reached under two
 //! paths (a symlink and its target) is read once; a file renamed to a name that still
 //! matches is the same file and is never read again. The SHA-256 of its first
-//! [`HEAD_BYTES`] bytes (fewer while the file is shorter) tells apart two generations of
-//! contents under one inode.
+//! [`HEAD_BYTES`] bytes (fewer while the file is shorter; none for an empty file) is its
+//! fingerprint: it tells apart two generations of contents under one inode, and links a
+//! copy to a truncated generation (see Truncation). Two files that exist side by side are
+//! never merged: a new file whose first bytes equal an open file's is held back at most
+//! `rotate_wait` (waiting for that file's truncation), then read as a file of its own.
 //!
 //! # Start position
 //! A file with a checkpoint for its identity resumes at the checkpoint's offset when its
 //! first `head_len` bytes still hash to `head_hash`. If the file is now shorter than the
 //! offset it was truncated while not read: it is read from 0, with a WARN and
 //! `truncations` counted. If the hash differs (the inode was reused) it is read from 0.
-//! Every other file, present at start or appearing later, is read from its beginning.
-//! Checkpoints of files closed after rotation are remembered for a day, so a file renamed
-//! back under a matched path resumes rather than being read twice.
+//! A file without a checkpoint found by the first scan starts after its last complete
+//! line when its source has `read_from = "end"` and no checkpoint of it existed (its very
+//! first start), or when it was last modified longer than `ignore_older` ago; that start
+//! is sent as a checkpoint at once. A new file that is the copy of a truncated generation
+//! starts where that generation was left. Every other file is read from its beginning.
+//! Files whose name ends like a compressed file (`.gz`, …) or that start with a
+//! compression header are not read unless `read_compressed`.
+//!
+//! # Open files
+//! At most `max_open_files` descriptors per source. To open a file, the least recently
+//! active one that is read to its end, holds nothing back and is still present is parked
+//! (descriptor closed, state kept); a parked file is reopened by path when it changes and
+//! kept only if device, inode and fingerprint match. When nothing can be parked, new
+//! files wait for the next scan.
+//!
+//! # Checkpoint expiry
+//! Checkpoints of files not open (closed after rotation or deletion, or loaded and not
+//! found) are dropped once older than their source's `checkpoint_expiry`; the next chunk
+//! (a chunk of its own, see [`Chunk::forget`]) tells the pipeline to delete them.
 //!
 //! # Reading
 //! Open files are read round-robin, at most 256 KiB per file per pass, so a busy file
@@ -42,6 +61,10 @@
 //! last of them. A checkpoint is never ahead of the lines handed over before or with it.
 //! When no file had new bytes the thread sleeps until a change notification, the next
 //! poll, or a partial-line / rotation deadline.
+//!
+//! # Records
+//! Framed lines go through the `assemble` stage (container formats, multiline; see that
+//! module) when the source has one; its held lines keep the checkpoint before them.
 //!
 //! # Framing
 //! A line ends at `\n`; a `\r` right before the `\n` is not part of it; a lone `\r` is. A
@@ -88,6 +111,7 @@
 //! `lines_read` (lines and parts handed over), `bytes_read` (bytes read from files),
 //! `lines_split`, `truncations`, `files_open` (gauge), `source_errors`.
 
+mod assemble;
 pub mod checkpoint;
 mod discover;
 mod framer;
@@ -96,6 +120,7 @@ mod tail;
 #[cfg(test)]
 mod tests;
 
+pub use assemble::parse_rfc3339;
 pub use checkpoint::{Checkpoint, FileId, HEAD_BYTES};
 
 use std::path::Path;
@@ -107,7 +132,10 @@ use std::time::SystemTime;
 pub struct Line {
     /// Byte offset in the file of the line's (or part's) first byte.
     pub offset: u64,
-    /// Byte offset just past this line (or part) and its line end: where reading resumes.
+    /// Where reading resumes if this line and every line handed over before it are kept:
+    /// just past the line (or part) and its line end, or earlier when bytes before that
+    /// are still held (an unfinished multiline record or CRI/Docker partial of the other
+    /// stream); never later.
     pub end: u64,
     /// The line's bytes without the line end (`\n`, or `\r\n`).
     pub bytes: Vec<u8>,
@@ -115,6 +143,31 @@ pub struct Line {
     pub read_at: SystemTime,
     /// For a line split because it exceeded `max_line_bytes`: (0-based part index, is last part).
     pub part: Option<(u32, bool)>,
+    /// What a container log format (`cri`, `docker`) said about the line.
+    pub event: Option<Event>,
+}
+
+/// A container runtime's view of a line: when it was written and to which stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    /// The runtime's timestamp; becomes the record's `timestamp`.
+    pub timestamp: Option<SystemTime>,
+    pub iostream: IoStream,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IoStream {
+    Stdout,
+    Stderr,
+}
+
+impl IoStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IoStream::Stdout => "stdout",
+            IoStream::Stderr => "stderr",
+        }
+    }
 }
 
 /// Lines read from one file in one pass, and that file's checkpoint after the last of them.
@@ -126,6 +179,10 @@ pub struct Chunk {
     pub lines: Vec<Line>,
     /// Where reading resumes after these lines, should they be sealed.
     pub checkpoint: Checkpoint,
+    /// Checkpoints to delete: files gone for longer than their source's
+    /// `checkpoint_expiry`. A chunk whose own checkpoint's id is in this list carries
+    /// nothing else (no lines, and its checkpoint is not to be saved).
+    pub forget: Vec<FileId>,
 }
 
 /// Errors of the file source as a whole (one file's errors are never fatal).
@@ -177,6 +234,24 @@ pub fn spawn(
     metrics: crate::telemetry::AgentMetrics,
 ) -> std::io::Result<SourceHandle> {
     let read_loop = reader::ReadLoop::new(sources, checkpoints, tx, stop, metrics)?;
+    let thread = std::thread::Builder::new()
+        .name("logveil-source".into())
+        .spawn(move || {
+            read_loop.run();
+        })
+        .map_err(SourceError::Spawn)?;
+    Ok(SourceHandle { thread })
+}
+
+/// [`spawn`] without a change watcher: the polling fallback alone.
+#[cfg(test)]
+pub(crate) fn spawn_polling_only(
+    sources: Vec<crate::config::SourceConfig>,
+    tx: crossbeam_channel::Sender<Chunk>,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<SourceHandle> {
+    let read_loop =
+        reader::ReadLoop::new(sources, Vec::new(), tx, stop, Default::default())?.without_watcher();
     let thread = std::thread::Builder::new()
         .name("logveil-source".into())
         .spawn(move || {

@@ -4,13 +4,14 @@
 //! were rotated away or deleted once they have been idle long enough.
 
 use super::discover::{Discovery, Found};
-use super::tail::{StartAt, TailedFile};
-use super::{Checkpoint, Chunk, FileId, SourceError};
-use crate::config::SourceConfig;
+use super::tail::{FileRules, NoCheckpoint, StartAt, TailedFile, PREFIX_BYTES};
+use super::{Checkpoint, Chunk, FileId, SourceError, HEAD_BYTES};
+use crate::config::{ReadFrom, SourceConfig};
 use crate::telemetry::AgentMetrics;
 use crossbeam_channel::SendTimeoutError;
 use notify::event::ModifyKind;
 use notify::{EventKind, RecommendedWatcher, Watcher};
+use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
@@ -18,7 +19,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Wake, Waker};
 use std::time::{Duration, Instant};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -33,9 +34,34 @@ const SEND_STOP_CHECK: Duration = Duration::from_millis(50);
 const MIN_WAIT: Duration = Duration::from_millis(10);
 /// Change notifications trigger a rescan at most this often.
 const MIN_RESCAN_GAP: Duration = Duration::from_millis(50);
-/// Closed files' last checkpoints are remembered this long, so a file that comes back
-/// under a matched path (renamed back) resumes instead of being read again.
-const CLOSED_MEMORY_SECS: u64 = 24 * 3600;
+/// Name endings of compressed files, never opened unless `read_compressed`.
+const COMPRESSED_SUFFIXES: &[&str] = &[".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4", ".Z"];
+/// First bytes of gzip, bzip2, xz, zstd, zip and lz4 files.
+const COMPRESSED_MAGIC: &[&[u8]] = &[
+    b"\x1f\x8b",
+    b"BZh",
+    b"\xfd7zXZ\x00",
+    b"\x28\xb5\x2f\xfd",
+    b"PK\x03\x04",
+    b"\x04\x22\x4d\x18",
+];
+/// Truncated generations remembered for linking a copy of them, at most this many ...
+const RETIRED_MAX: usize = 256;
+/// ... and for this long.
+const RETIRED_MEMORY: Duration = Duration::from_secs(3600);
+
+/// A generation of a file that was truncated (copytruncate) or replaced under its inode:
+/// its fingerprint and how far it had been read. A new file with the same first bytes is
+/// its copy (`app.log.1`) and continues at `offset`.
+#[derive(Debug, Clone)]
+struct Retired {
+    /// The file it was a generation of: never linked to itself.
+    from: FileId,
+    head_len: u32,
+    head_hash: [u8; 32],
+    offset: u64,
+    at: Instant,
+}
 
 /// Wakes the read loop: sends into a capacity-1 channel, dropping when a wake is pending.
 struct Wakeup(SyncSender<()>);
@@ -55,6 +81,33 @@ pub(crate) enum Ended {
 
 pub(crate) struct ReadLoop {
     sources: Vec<SourceConfig>,
+    rules: Vec<FileRules>,
+    /// Per source: no checkpoint of it existed at start (`read_from` applies).
+    first_start: Vec<bool>,
+    /// Scans done since the loop started (`read_from`, `ignore_older` apply to the first).
+    scans: u64,
+    /// Per source: files holding a descriptor (not parked).
+    open_count: Vec<usize>,
+    /// Compressed files found and not read.
+    skipped: HashSet<FileId>,
+    /// New files whose first bytes equal those of an open file, held back (since when)
+    /// to see whether that file gets truncated (then the new one is its copy).
+    held: HashMap<FileId, Instant>,
+    retired: Vec<Retired>,
+    /// Generations retired so far (to notice new ones).
+    retired_total: u64,
+    /// Last checkpoints of deleted files: never resumed, only expired (deleted from the
+    /// buffer after `checkpoint_expiry`).
+    deleted: HashMap<FileId, Checkpoint>,
+    /// Paths with data change notifications since the last read pass.
+    changed: Arc<Mutex<ChangedPaths>>,
+    /// When every open file was last looked at (they are, every `poll_interval`).
+    last_full_read: Option<Instant>,
+    /// The next read pass looks at every open file (after a scan).
+    full_read_next: bool,
+    /// Set when some file is parked or held: data change notifications then trigger a
+    /// rescan.
+    parked_any: Arc<AtomicBool>,
     discovery: Discovery,
     /// Checkpoints of files not open: loaded at start, and those of closed files.
     checkpoints: HashMap<FileId, Checkpoint>,
@@ -88,6 +141,29 @@ impl ReadLoop {
         metrics: AgentMetrics,
     ) -> Result<Self, SourceError> {
         let discovery = Discovery::new(&sources)?;
+        let mut rules = Vec::with_capacity(sources.len());
+        for s in &sources {
+            let multiline = match &s.multiline {
+                Some(m) => Some(m.compile().map_err(|reason| SourceError::Glob {
+                    glob: format!("{}: multiline", s.name),
+                    reason,
+                })?),
+                None => None,
+            };
+            rules.push(FileRules {
+                max_line_bytes: s.max_line_bytes,
+                format: s.format,
+                multiline,
+            });
+        }
+        let mut first_start = vec![true; sources.len()];
+        for c in &checkpoints {
+            if let Some(i) = discovery.source_of(&c.path) {
+                first_start[i] = false;
+            }
+        }
+        let parked_any = Arc::new(AtomicBool::new(false));
+        let changed = Arc::new(Mutex::new(ChangedPaths::default()));
         let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel(1);
         let rescan = Arc::new(AtomicBool::new(true));
 
@@ -98,8 +174,20 @@ impl ReadLoop {
 
         let watcher = {
             let rescan = rescan.clone();
+            let parked_any = parked_any.clone();
+            let changed = changed.clone();
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                let (needs_rescan, wake) = classify(&res);
+                let (mut needs_rescan, wake) = classify(&res);
+                if wake && !needs_rescan {
+                    if let Ok(ev) = &res {
+                        changed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .add(&ev.paths);
+                    }
+                }
+                // A parked file is only reopened by a scan: data changes must trigger one.
+                needs_rescan |= wake && parked_any.load(Ordering::Acquire);
                 if needs_rescan {
                     rescan.store(true, Ordering::Release);
                 }
@@ -123,7 +211,21 @@ impl ReadLoop {
             .min()
             .unwrap_or(Duration::from_secs(1))
             .max(Duration::from_millis(1));
+        let n = sources.len();
         Ok(ReadLoop {
+            rules,
+            first_start,
+            scans: 0,
+            open_count: vec![0; n],
+            skipped: HashSet::new(),
+            held: HashMap::new(),
+            retired: Vec::new(),
+            retired_total: 0,
+            deleted: HashMap::new(),
+            parked_any,
+            changed,
+            last_full_read: None,
+            full_read_next: true,
             sources,
             discovery,
             checkpoints: checkpoints.into_iter().map(|c| (c.id, c)).collect(),
@@ -144,6 +246,14 @@ impl ReadLoop {
             buf: vec![0; READ_BUF],
             _stop_wait: stop_wait,
         })
+    }
+
+    /// Drops the change watcher, as when inotify watches or instances are exhausted: only
+    /// polling finds and reads changes.
+    #[cfg(test)]
+    pub(crate) fn without_watcher(mut self) -> Self {
+        self.watcher = None;
+        self
     }
 
     pub(crate) fn run(mut self) -> Ended {
@@ -208,9 +318,22 @@ impl ReadLoop {
             if f.has_pending() {
                 next = next.min(f.last_growth + cfg.partial_line_timeout);
             }
+            if let Some(d) = f.assembly_deadline() {
+                next = next.min(d);
+            }
             if let Some(gone) = f.gone_since {
                 next = next.min(f.last_growth.max(gone) + cfg.rotate_wait);
             }
+        }
+        for (id, since) in &self.held {
+            let wait = self
+                .files
+                .iter()
+                .find(|f| f.id == *id)
+                .map_or(Duration::from_secs(5), |f| {
+                    self.sources[f.source].rotate_wait
+                });
+            next = next.min(*since + wait);
         }
         next
     }
@@ -229,13 +352,23 @@ impl ReadLoop {
         }
         let now = Instant::now();
         let present: HashMap<FileId, &Found> = found.iter().map(|f| (f.id, f)).collect();
-        for t in &mut self.files {
+        let mut to_unpark = Vec::new();
+        for (i, t) in self.files.iter_mut().enumerate() {
             match present.get(&t.id) {
                 Some(f) => {
                     t.gone_since = None;
-                    if *t.path != *f.path {
+                    let moved = *t.path != *f.path;
+                    if moved && t.is_parked() {
+                        // Without a descriptor the inode alone proves nothing (the file
+                        // may have been deleted and its inode reused): check on reopen.
+                        to_unpark.push(i);
+                    }
+                    if moved {
                         tracing::debug!(from = %t.path.display(), to = %f.path.display(), "Open file found under a new path.");
                         t.path = Arc::from(f.path.as_path());
+                    }
+                    if t.is_parked() && f.len != t.read_offset() && !moved {
+                        to_unpark.push(i);
                     }
                 }
                 None => {
@@ -246,23 +379,142 @@ impl ReadLoop {
                 }
             }
         }
+        // Descending: a parked file found replaced is removed without moving the others.
+        for i in to_unpark.into_iter().rev() {
+            self.unpark(i);
+        }
+        let first = self.scans == 0;
+        self.scans += 1;
         let open: HashSet<FileId> = self.files.iter().map(|t| t.id).collect();
         let found_paths: HashSet<&PathBuf> = found.iter().map(|f| &f.path).collect();
         self.open_failures.retain(|p, _| found_paths.contains(p));
-        for f in found.iter().filter(|f| !open.contains(&f.id)) {
-            self.open_new(f);
+        self.skipped.retain(|id| present.contains_key(id));
+        self.held.retain(|id, _| present.contains_key(id));
+        let new: Vec<&Found> = found
+            .iter()
+            .filter(|f| !open.contains(&f.id) && !self.skipped.contains(&f.id))
+            .collect();
+        // Checkpoints that no longer fit their file (truncated while we were away, or the
+        // inode reused by another file) are retired first, so a copy of that generation
+        // among the new files, whatever its name or inode, continues where it was left.
+        for f in &new {
+            self.retire_if_stale(f);
         }
+        for f in &new {
+            self.open_new(f, first)?;
+        }
+        let retired_before = self.retired_total;
         self.check_heads()?;
-        self.forget_old_checkpoints();
+        if self.retired_total != retired_before {
+            // A file just found rewritten in place: a copy of it among the new files is
+            // linked now, before the file's reset checkpoint can be sent (see open_new).
+            let open: HashSet<FileId> = self.files.iter().map(|t| t.id).collect();
+            for f in new.iter().filter(|f| !open.contains(&f.id)) {
+                self.open_new(f, first)?;
+            }
+        }
+        self.forget_old_checkpoints()?;
+        let watch_data = !self.held.is_empty() || self.files.iter().any(|t| t.is_parked());
+        self.parked_any.store(watch_data, Ordering::Release);
+        self.full_read_next = true;
         Ok(())
     }
 
-    fn open_new(&mut self, f: &Found) {
+    /// Reopens a parked file that changed, if a descriptor is free (else the next scan
+    /// tries again).
+    fn unpark(&mut self, i: usize) {
+        let source = self.files[i].source;
+        if !self.make_room(source, Some(i)) {
+            self.rescan.store(true, Ordering::Release);
+            return;
+        }
+        let path = self.files[i].path.clone();
+        match self.files[i].unpark(&path) {
+            Ok(true) => self.open_count[source] += 1,
+            Ok(false) => {
+                // Same inode, other first bytes: truncated in place while parked, or
+                // deleted and its inode reused. Either way this generation is over: it is
+                // retired (a copy of it continues where it was left) and the file now at
+                // the path is opened as a new one by this scan.
+                let t = self.files.remove(i);
+                tracing::warn!(path = %path.display(), "File was truncated or replaced while closed (max_open_files); reading it as a new file.");
+                self.metrics.truncations.inc();
+                self.metrics.files_open.dec();
+                let (len, hash) = t.fingerprint();
+                self.push_retired(t.id, len, hash, t.checkpoint_offset());
+            }
+            Err(e) => {
+                if e.kind() != io::ErrorKind::NotFound {
+                    self.file_error(i, &e);
+                }
+            }
+        }
+    }
+
+    /// Makes sure `source` may open one more file: parks its least recently active open
+    /// file that is read to its end, holds nothing back and is still present. False when
+    /// none can be parked now.
+    fn make_room(&mut self, source: usize, except: Option<usize>) -> bool {
+        let max = self.sources[source].max_open_files;
+        if self.open_count[source] < max {
+            return true;
+        }
+        let victim = self
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(i, t)| {
+                Some(*i) != except
+                    && t.source == source
+                    && !t.is_parked()
+                    && t.at_eof
+                    && !t.has_pending()
+                    && t.gone_since.is_none()
+                    && !t.deleted
+                    && t.sent_offset == t.checkpoint_offset()
+            })
+            .min_by_key(|(_, t)| t.last_growth)
+            .map(|(i, _)| i);
+        match victim {
+            Some(v) => {
+                self.files[v].park();
+                self.open_count[source] -= 1;
+                self.parked_any.store(true, Ordering::Release);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Opens a newly found file. A copy linked to a truncated generation has its
+    /// checkpoint sent at once: it must become durable no later than the truncated file's
+    /// reset, or a crash in between would forget the link and ship the copy again.
+    fn open_new(&mut self, f: &Found, first: bool) -> Result<(), Ended> {
         let cfg = &self.sources[f.source];
-        let cp = self.checkpoints.get(&f.id);
-        match TailedFile::open(f.id, f.source, &f.path, cp, cfg.max_line_bytes) {
-            Ok(Some((t, start))) => {
+        if !cfg.read_compressed && is_compressed(f) {
+            tracing::debug!(path = %f.path.display(), "Not reading a compressed file.");
+            self.skipped.insert(f.id);
+            return Ok(());
+        }
+        if !self.make_room(f.source, None) {
+            // Every descriptor is busy with a file not yet read to its end: try later.
+            self.rescan.store(true, Ordering::Release);
+            return Ok(());
+        }
+        let cp = self.checkpoints.get(&f.id).cloned();
+        let no_checkpoint = if cp.is_some() {
+            NoCheckpoint::Beginning
+        } else {
+            match self.without_checkpoint(f, first) {
+                Some(n) => n,
+                None => return Ok(()),
+            }
+        };
+        let rules = &self.rules[f.source];
+        match TailedFile::open(f.id, f.source, &f.path, cp.as_ref(), no_checkpoint, rules) {
+            Ok(Some((mut t, start))) => {
                 self.open_failures.remove(&f.path);
+                self.held.remove(&f.id);
                 match start {
                     StartAt::Beginning => {
                         tracing::debug!(path = %f.path.display(), "Reading new file from its start.")
@@ -270,21 +522,34 @@ impl ReadLoop {
                     StartAt::Resume(offset) => {
                         tracing::debug!(path = %f.path.display(), offset, "Resuming file at its checkpoint.")
                     }
-                    StartAt::HeadChanged => tracing::info!(
-                        path = %f.path.display(),
-                        "File has a checkpointed identity but other contents (inode reused); reading it from its start."
-                    ),
-                    StartAt::Truncated { offset, size } => {
-                        tracing::warn!(
-                            path = %f.path.display(), checkpoint_offset = offset, size,
-                            "File is shorter than its checkpoint (truncated while not read); reading it from its start."
-                        );
-                        self.metrics.truncations.inc();
+                    StartAt::End(offset) => {
+                        tracing::debug!(path = %f.path.display(), offset, "Reading file from its end (read_from or ignore_older).");
+                        // The start position becomes durable even if no line follows.
+                        t.sent_offset = u64::MAX;
                     }
+                    StartAt::Linked(offset) => {
+                        tracing::info!(path = %f.path.display(), offset, "New file is a copy of a truncated file already read; continuing where that one was left.");
+                        t.sent_offset = u64::MAX;
+                    }
+                    // Changed between retire_if_stale and the open: read from 0.
+                    StartAt::HeadChanged | StartAt::Truncated { .. } => {
+                        tracing::info!(path = %f.path.display(), "File changed while being opened; reading it from its start.");
+                        self.retire(f.id, cp.as_ref());
+                    }
+                }
+                if t.head_is_compressed() && !self.sources[f.source].read_compressed {
+                    tracing::debug!(path = %f.path.display(), "Not reading a compressed file.");
+                    self.skipped.insert(f.id);
+                    return Ok(());
                 }
                 self.checkpoints.remove(&f.id);
                 self.metrics.files_open.inc();
+                self.open_count[f.source] += 1;
+                let linked = matches!(start, StartAt::Linked(_));
                 self.files.push(t);
+                if linked {
+                    self.send_lines(self.files.len() - 1, Vec::new())?;
+                }
             }
             // Replaced between the walk and the open: the next scan sees the new file.
             Ok(None) => self.rescan.store(true, Ordering::Release),
@@ -294,6 +559,137 @@ impl ReadLoop {
                     self.metrics.source_errors.inc();
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Where a file without a checkpoint starts; `None`: hold it back for now (it may be
+    /// the copy of an open file about to be truncated).
+    fn without_checkpoint(&mut self, f: &Found, first: bool) -> Option<NoCheckpoint> {
+        let head = read_head(&f.path).unwrap_or_default();
+        let mut hashes: HashMap<u32, [u8; 32]> = HashMap::new();
+        let mut prefix_hash = |len: u32| -> Option<[u8; 32]> {
+            if len == 0 || head.len() < len as usize {
+                return None;
+            }
+            Some(
+                *hashes
+                    .entry(len)
+                    .or_insert_with(|| Sha256::digest(&head[..len as usize]).into()),
+            )
+        };
+        let now = Instant::now();
+        self.retired
+            .retain(|r| now.duration_since(r.at) < RETIRED_MEMORY);
+        if let Some(k) = self
+            .retired
+            .iter()
+            .position(|r| r.from != f.id && prefix_hash(r.head_len) == Some(r.head_hash))
+        {
+            let r = self.retired.remove(k);
+            return Some(NoCheckpoint::Linked(r.offset));
+        }
+        let cfg = &self.sources[f.source];
+        if !first {
+            // A twin: an open file with the same first bytes. The new file may be its copy
+            // (copytruncate) in progress, also while it is still shorter than the
+            // fingerprint (or empty): wait and see whether the twin gets truncated.
+            let short = &head[..head.len().min(PREFIX_BYTES)];
+            let twin = self.files.iter().position(|t| {
+                let (len, hash) = t.fingerprint();
+                if t.id == f.id || t.gone_since.is_some() || len == 0 {
+                    return false;
+                }
+                if head.len() >= len as usize {
+                    prefix_hash(len) == Some(hash)
+                } else {
+                    t.prefix().starts_with(short)
+                }
+            });
+            if let Some(twin) = twin {
+                let since = *self.held.entry(f.id).or_insert(now);
+                // A twin already truncated whose truncation this loop has not handled yet
+                // (it was busy, e.g. blocked by backpressure) keeps the new file held,
+                // however long that took.
+                if now.duration_since(since) < cfg.rotate_wait || self.files[twin].looks_truncated()
+                {
+                    return None;
+                }
+                // Still side by side after rotate_wait: two files, not a copy.
+            }
+            return Some(NoCheckpoint::Beginning);
+        }
+        if self.first_start[f.source] && cfg.read_from == ReadFrom::End {
+            return Some(NoCheckpoint::End);
+        }
+        if let (Some(limit), Some(modified)) = (cfg.ignore_older, f.modified) {
+            let age = std::time::SystemTime::now()
+                .duration_since(modified)
+                .unwrap_or_default();
+            if age > limit {
+                return Some(NoCheckpoint::End);
+            }
+        }
+        Some(NoCheckpoint::Beginning)
+    }
+
+    fn retire(&mut self, from: FileId, cp: Option<&Checkpoint>) {
+        if let Some(cp) = cp {
+            self.push_retired(from, cp.head_len, cp.head_hash, cp.offset);
+        }
+    }
+
+    /// Drops the checkpoint of a found file if it no longer fits the file (shorter than
+    /// the offset, or other first bytes), retiring its generation; the file is then
+    /// treated as having no checkpoint.
+    fn retire_if_stale(&mut self, f: &Found) {
+        let Some(cp) = self.checkpoints.get(&f.id) else {
+            return;
+        };
+        let Ok(head) = read_head(&f.path) else {
+            return;
+        };
+        let len = cp.head_len as usize;
+        let head_fits = head.len() >= len && {
+            let h: [u8; 32] = Sha256::digest(&head[..len]).into();
+            h == cp.head_hash
+        };
+        if f.len >= cp.offset && head_fits {
+            return;
+        }
+        if f.len < cp.offset {
+            tracing::warn!(
+                path = %f.path.display(), checkpoint_offset = cp.offset, size = f.len,
+                "File is shorter than its checkpoint (truncated while not read); reading it from its start."
+            );
+            self.metrics.truncations.inc();
+        } else {
+            tracing::info!(
+                path = %f.path.display(),
+                "File has a checkpointed identity but other contents (inode reused or rewritten); reading it from its start."
+            );
+        }
+        let cp = self.checkpoints.remove(&f.id).expect("checked");
+        self.retire(f.id, Some(&cp));
+    }
+
+    fn push_retired(&mut self, from: FileId, head_len: u32, head_hash: [u8; 32], offset: u64) {
+        if head_len == 0 || offset == 0 {
+            return;
+        }
+        self.retired_total += 1;
+        if self.retired.len() >= RETIRED_MAX {
+            self.retired.remove(0);
+        }
+        self.retired.push(Retired {
+            from,
+            head_len,
+            head_hash,
+            offset,
+            at: Instant::now(),
+        });
+        if !self.held.is_empty() {
+            self.rescan.store(true, Ordering::Release);
         }
     }
 
@@ -306,7 +702,12 @@ impl ReadLoop {
                 Ok(true) => {
                     tracing::warn!(path = %t.path.display(), "File's first bytes changed (rewritten in place); reading it again from its start.");
                     self.metrics.truncations.inc();
-                    if let Err(e) = t.restart_from_zero() {
+                    let (len, hash) = t.fingerprint();
+                    let offset = t.checkpoint().offset;
+                    let res = t.restart_from_zero();
+                    let id = t.id;
+                    self.push_retired(id, len, hash, offset);
+                    if let Err(e) = res {
                         self.file_error(i, &e);
                     }
                 }
@@ -316,10 +717,57 @@ impl ReadLoop {
         Ok(())
     }
 
-    fn forget_old_checkpoints(&mut self) {
+    /// Drops the checkpoints of files not seen for their source's `checkpoint_expiry`, and
+    /// has the pipeline delete them from the buffer.
+    fn forget_old_checkpoints(&mut self) -> Result<(), Ended> {
         let now = super::unix_now();
-        self.checkpoints
-            .retain(|_, c| now.saturating_sub(c.updated_unix) < CLOSED_MEMORY_SECS);
+        let default_expiry = self
+            .sources
+            .iter()
+            .map(|s| s.checkpoint_expiry)
+            .min()
+            .unwrap_or(Duration::from_secs(7 * 24 * 3600));
+        // An inode reused by a file being read now: its checkpoint is that file's.
+        let open: HashSet<FileId> = self.files.iter().map(|t| t.id).collect();
+        self.deleted.retain(|id, _| !open.contains(id));
+        let mut forget = Vec::new();
+        for (id, c) in self.checkpoints.iter().chain(&self.deleted) {
+            let expiry = self
+                .discovery
+                .source_of(&c.path)
+                .map_or(default_expiry, |s| self.sources[s].checkpoint_expiry);
+            if now.saturating_sub(c.updated_unix) >= expiry.as_secs() {
+                forget.push(*id);
+            }
+        }
+        if forget.is_empty() {
+            return Ok(());
+        }
+        let mut placeholder = Checkpoint {
+            id: forget[0],
+            path: PathBuf::new(),
+            offset: 0,
+            head_len: 0,
+            head_hash: [0; 32],
+            updated_unix: now,
+        };
+        for id in &forget {
+            if let Some(c) = self
+                .checkpoints
+                .remove(id)
+                .or_else(|| self.deleted.remove(id))
+            {
+                tracing::debug!(path = %c.path.display(), "Forgetting the checkpoint of a file gone for longer than checkpoint_expiry.");
+                placeholder.path = c.path;
+            }
+        }
+        self.send(Chunk {
+            source: 0,
+            path: Arc::from(placeholder.path.as_path()),
+            lines: Vec::new(),
+            checkpoint: placeholder,
+            forget,
+        })
     }
 
     fn ensure_watches(&mut self) {
@@ -345,10 +793,26 @@ impl ReadLoop {
     }
 
     /// One round-robin pass over every open file. True if any file had new bytes.
+    ///
+    /// Every `poll_interval`, after a scan, and when notifications overflowed, the pass
+    /// looks at every open file. Otherwise only at files with a data change notification,
+    /// not read to their end, holding something back, or gone: with thousands of mostly
+    /// idle files, a line written to one of them costs one read, not one per file.
     fn read_all(&mut self) -> Result<bool, Ended> {
         let n = self.files.len();
         if n == 0 {
             return Ok(false);
+        }
+        let changed = std::mem::take(&mut *self.changed.lock().unwrap_or_else(|e| e.into_inner()));
+        let full = changed.overflow
+            || std::mem::take(&mut self.full_read_next)
+            || self.watcher.is_none()
+            || match self.last_full_read {
+                None => true,
+                Some(t) => t.elapsed() >= self.poll_interval,
+            };
+        if full {
+            self.last_full_read = Some(Instant::now());
         }
         let start = self.rr_start % n;
         self.rr_start = (start + 1) % n;
@@ -358,12 +822,26 @@ impl ReadLoop {
                 return Err(Ended::Stopped);
             }
             let i = (start + k) % n;
+            let Some(t) = self.files.get(i) else {
+                break;
+            };
+            let quiet = t.at_eof
+                && !t.has_pending()
+                && t.gone_since.is_none()
+                && t.sent_offset == t.checkpoint_offset()
+                && !changed.paths.contains(&*t.path);
+            if !full && quiet {
+                continue;
+            }
             any_data |= self.read_one(i)?;
         }
         Ok(any_data)
     }
 
     fn read_one(&mut self, i: usize) -> Result<bool, Ended> {
+        if self.files[i].is_parked() {
+            return Ok(false);
+        }
         let cfg = &self.sources[self.files[i].source];
         let partial_timeout = cfg.partial_line_timeout;
         let t = &mut self.files[i];
@@ -383,6 +861,17 @@ impl ReadLoop {
             t.deleted = true;
             t.gone_since.get_or_insert_with(Instant::now);
         }
+        if let Some((len, hash, at)) = pass.retired {
+            let before = self.retired_total;
+            let id = self.files[i].id;
+            self.push_retired(id, len, hash, at);
+            if self.retired_total != before {
+                // Link a copy of the truncated generation before this file's reset
+                // checkpoint goes out (see open_new).
+                self.scan()?;
+            }
+        }
+        let t = &mut self.files[i];
         if let Some((offset, size)) = pass.truncated {
             tracing::warn!(path = %t.path.display(), offset, size, "File was truncated; reading it again from its start.");
             self.metrics.truncations.inc();
@@ -409,6 +898,7 @@ impl ReadLoop {
             path: t.path.clone(),
             lines,
             checkpoint,
+            forget: Vec::new(),
         };
         self.metrics.lines_read.inc_by(count);
         self.send(chunk)?;
@@ -456,9 +946,15 @@ impl ReadLoop {
             let t = self.files.remove(i);
             tracing::debug!(path = %t.path.display(), "Closed a rotated or deleted file.");
             self.metrics.files_open.dec();
-            // A deleted file never comes back; its inode number may be reused by a new file.
-            if !t.deleted {
-                let cp = t.checkpoint();
+            if !t.is_parked() {
+                self.open_count[t.source] -= 1;
+            }
+            // A deleted file never comes back; its inode number may be reused by a new file,
+            // so its checkpoint is kept only to be deleted from the buffer in time.
+            let cp = t.checkpoint();
+            if t.deleted {
+                self.deleted.insert(cp.id, cp);
+            } else {
                 self.checkpoints.insert(cp.id, cp);
             }
         }
@@ -475,6 +971,58 @@ impl ReadLoop {
             self.metrics.source_errors.inc();
         }
     }
+}
+
+/// Paths named by data change notifications, bounded: past [`CHANGED_MAX`] paths only
+/// "everything may have changed" is kept.
+#[derive(Default)]
+struct ChangedPaths {
+    paths: HashSet<PathBuf>,
+    overflow: bool,
+}
+
+const CHANGED_MAX: usize = 4096;
+
+impl ChangedPaths {
+    fn add(&mut self, paths: &[PathBuf]) {
+        if self.overflow {
+            return;
+        }
+        if paths.is_empty() || self.paths.len() + paths.len() > CHANGED_MAX {
+            self.overflow = true;
+            self.paths.clear();
+            return;
+        }
+        self.paths.extend(paths.iter().cloned());
+    }
+}
+
+/// True for a file that is not read unless `read_compressed`: by its name ending.
+fn is_compressed(f: &Found) -> bool {
+    let name = f.path.to_string_lossy();
+    COMPRESSED_SUFFIXES.iter().any(|s| name.ends_with(s))
+}
+
+/// True when `head` starts like a compressed file.
+pub(crate) fn has_compressed_magic(head: &[u8]) -> bool {
+    COMPRESSED_MAGIC.iter().any(|m| head.starts_with(m))
+}
+
+/// The first [`HEAD_BYTES`] bytes of the file at `path` (fewer if it is shorter).
+fn read_head(path: &std::path::Path) -> io::Result<Vec<u8>> {
+    let file = std::fs::File::open(path)?;
+    let mut head = vec![0u8; HEAD_BYTES];
+    let mut got = 0;
+    while got < head.len() {
+        match std::os::unix::fs::FileExt::read_at(&file, &mut head[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    head.truncate(got);
+    Ok(head)
 }
 
 /// (needs a rescan, needs a read) for a change notification. Access and metadata events of

@@ -26,6 +26,12 @@ fn source(include: &[&Path], exclude: &[&Path]) -> SourceConfig {
         partial_line_timeout: Duration::from_millis(400),
         poll_interval: Duration::from_millis(50),
         rotate_wait: Duration::from_millis(200),
+        read_from: Default::default(),
+        ignore_older: None,
+        max_open_files: 1024,
+        checkpoint_expiry: Duration::from_secs(3600),
+        read_compressed: false,
+        multiline: None,
     }
 }
 
@@ -77,11 +83,11 @@ impl Harness {
         for l in &chunk.lines {
             // The chunk's checkpoint is never before the end of a line it carries.
             assert!(
-                l.offset + (l.bytes.len() as u64).max(1) <= chunk.checkpoint.offset,
-                "checkpoint {} before line at {} ({} bytes)",
+                l.end <= chunk.checkpoint.offset,
+                "checkpoint {} before the end of the line at {} (end {})",
                 chunk.checkpoint.offset,
                 l.offset,
-                l.bytes.len()
+                l.end
             );
             self.got.push(Got {
                 path: chunk.path.to_path_buf(),
@@ -650,4 +656,117 @@ fn unreadable_file_is_reported_and_others_still_read() {
     );
     fs::set_permissions(&locked, fs::Permissions::from_mode(0o644)).unwrap();
     h.until("locked", |h| h.has("locked"));
+}
+
+/// Copytruncate with the copy matched by the glob, with or without unread lines at the
+/// moment of the copy: the copy continues where the truncated file was left.
+fn copy_of_truncated_file_continues_where_it_was_left(unread: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.log");
+    let lines: String = (0..200)
+        .map(|i| format!("first {i:04} padding\n"))
+        .collect();
+    append(&p, lines.as_bytes());
+    let mut h = Harness::start(vec![source(&[&dir.path().join("c.log*")], &[])], vec![]);
+    h.until("first", |h| h.has("first 0199 padding"));
+    if unread {
+        append(&p, b"late one\nlate two\n");
+    }
+    fs::copy(&p, dir.path().join("c.log.1")).unwrap();
+    File::options()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    append(&p, b"after\n");
+    h.until("after", |h| h.has("after"));
+    if unread {
+        h.until("late lines", |h| h.has("late two"));
+    }
+    h.settle(Duration::from_millis(800));
+    assert_eq!(h.count("first 0000 padding"), 1, "{:?}", h.texts().len());
+    assert_eq!(h.count("late one"), usize::from(unread));
+    assert_eq!(h.got.len(), 200 + 1 + 2 * usize::from(unread));
+}
+
+#[test]
+fn copy_of_a_truncated_file_is_not_read_again() {
+    copy_of_truncated_file_continues_where_it_was_left(false);
+}
+
+#[test]
+fn copy_of_a_truncated_file_yields_the_lines_not_read_before_the_truncation() {
+    copy_of_truncated_file_continues_where_it_was_left(true);
+}
+
+#[test]
+fn without_change_notifications_polling_finds_new_files_and_new_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = source(&[&dir.path().join("*.log")], &[]);
+    cfg.poll_interval = Duration::from_millis(100);
+    let (tx, rx) = sync_channel(64);
+    let stop = CancellationToken::new();
+    let handle = spawn_polling_only(vec![cfg], tx, stop.clone()).unwrap();
+    let mut h = Harness {
+        rx,
+        stop,
+        handle: Some(handle),
+        metrics: AgentMetrics::default(),
+        got: Vec::new(),
+        chunks: Vec::new(),
+    };
+    std::thread::sleep(Duration::from_millis(150));
+    append(&dir.path().join("late.log"), b"found by polling\n");
+    h.until("the new file's line", |h| h.has("found by polling"));
+    append(&dir.path().join("late.log"), b"appended later\n");
+    h.until("the appended line", |h| h.has("appended later"));
+    assert_eq!(h.count("found by polling"), 1);
+}
+
+#[test]
+fn with_more_files_than_max_open_files_all_are_read_and_descriptors_stay_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..40 {
+        append(
+            &dir.path().join(format!("f{i:02}.log")),
+            format!("file {i} first\n").as_bytes(),
+        );
+    }
+    let mut cfg = source(&[&dir.path().join("*.log")], &[]);
+    cfg.max_open_files = 5;
+    let mut h = Harness::start(vec![cfg], vec![]);
+    h.until("every first line", |h| {
+        (0..40).all(|i| h.has(&format!("file {i} first")))
+    });
+    assert!(
+        fds_in(dir.path()) <= 5,
+        "{} descriptors",
+        fds_in(dir.path())
+    );
+    // Parked files are reopened by identity when they change.
+    for i in (0..40).step_by(3) {
+        append(
+            &dir.path().join(format!("f{i:02}.log")),
+            format!("file {i} second\n").as_bytes(),
+        );
+    }
+    h.until("every second line", |h| {
+        (0..40)
+            .step_by(3)
+            .all(|i| h.has(&format!("file {i} second")))
+    });
+    assert!(fds_in(dir.path()) <= 5);
+    h.settle(Duration::from_millis(300));
+    for i in 0..40 {
+        assert_eq!(h.count(&format!("file {i} first")), 1);
+    }
+}
+
+fn fds_in(dir: &Path) -> usize {
+    fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t.starts_with(dir) && t != dir)
+        .count()
 }

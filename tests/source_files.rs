@@ -1,0 +1,318 @@
+//! The file source end to end: the real agent and central store, real files, real
+//! rotation, truncation, deletion and restarts; the archive checked line by line.
+
+mod common;
+
+use common::*;
+use nix::sys::signal::Signal;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(90);
+
+fn source(w: &World, include: &str, extra: &str) -> String {
+    format!(
+        "[[sources]]\nname = \"app\"\ninclude = [\"{}/{include}\"]\npoll_interval = \"200ms\"\npartial_line_timeout = \"1s\"\nrotate_wait = \"1s\"\nmax_line_bytes = 2048\n{extra}\n",
+        w.logs().display()
+    )
+}
+
+fn write_lines(path: &Path, tag: &str, from: usize, to: usize) {
+    let mut f = std::io::BufWriter::new(open_append(path));
+    for i in from..to {
+        writeln!(f, "{tag} {i:07} payload text of the line").unwrap();
+    }
+    f.flush().unwrap();
+}
+
+fn lines(tag: &str, from: usize, to: usize) -> Vec<String> {
+    (from..to)
+        .map(|i| format!("{tag} {i:07} payload text of the line"))
+        .collect()
+}
+
+/// Every expected body exactly once among the records, whatever path it came from.
+fn assert_each_once(records: &[serde_json::Value], expected: &[String]) {
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for r in records {
+        *count.entry(r["body"].as_str().unwrap()).or_default() += 1;
+    }
+    for e in expected {
+        assert_eq!(
+            count.get(e.as_str()),
+            Some(&1),
+            "line {e:?} not exactly once"
+        );
+    }
+    assert_eq!(records.len(), expected.len(), "unexpected extra records");
+}
+
+fn fds_to(pid: i32, needle: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|t| t.to_string_lossy().contains(needle))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn copytruncate_copy_matched_by_the_glob_is_not_read_again() {
+    let mut w = World::new();
+    w.sources = source(&w, "app.log*", "");
+    let _store = w.start_receiver();
+    let agent = w.start_agent();
+    let app = w.logs().join("app.log");
+    write_lines(&app, "a", 0, 1000);
+    w.wait_records(1000, LONG);
+    // More lines, then logrotate's copytruncate at once: the copy holds lines the agent
+    // may not have read yet; it continues where the truncated file was left.
+    write_lines(&app, "a", 1000, 1200);
+    std::fs::copy(&app, w.logs().join("app.log.1")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&app)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    write_lines(&app, "b", 0, 100);
+    let records = w.wait_records(1300, LONG);
+    let mut expected = lines("a", 0, 1200);
+    expected.extend(lines("b", 0, 100));
+    assert_each_once(&records, &expected);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(w.records().len(), 1300, "something was read twice later");
+    let logs = agent.log_text();
+    assert!(logs.contains("truncated"), "truncation is logged: {logs}");
+    assert!(
+        !logs.contains("payload text"),
+        "agent logs hold no line content"
+    );
+}
+
+#[test]
+fn rename_rotation_twice_before_the_reader_catches_up_loses_nothing() {
+    let mut w = World::new();
+    w.sources = source(&w, "app.log", "");
+    let _store = w.start_receiver();
+    let _agent = w.start_agent();
+    let app = w.logs().join("app.log");
+    write_lines(&app, "x", 0, 10);
+    w.wait_records(10, LONG);
+    // Far more than one read pass, renamed away twice at once, then a new file.
+    write_lines(&app, "x", 10, 60_000);
+    std::fs::rename(&app, w.logs().join("app.log.1")).unwrap();
+    std::fs::rename(w.logs().join("app.log.1"), w.logs().join("app.log.2")).unwrap();
+    write_lines(&app, "y", 0, 500);
+    let records = w.wait_records(60_500, LONG);
+    let mut expected = lines("x", 0, 60_000);
+    expected.extend(lines("y", 0, 500));
+    assert_each_once(&records, &expected);
+}
+
+#[test]
+fn compressed_rotated_files_are_not_shipped_again() {
+    let mut w = World::new();
+    w.sources = source(&w, "app.log*", "");
+    let _store = w.start_receiver();
+    let _agent = w.start_agent();
+    let app = w.logs().join("app.log");
+    write_lines(&app, "z", 0, 300);
+    w.wait_records(300, LONG);
+    let rotated = w.logs().join("app.log.1");
+    std::fs::rename(&app, &rotated).unwrap();
+    write_lines(&app, "n", 0, 10);
+    // logrotate's delaycompress: gzip the rotated file later; and a compressed file
+    // without a telling name (zstd magic) that appears by rotation.
+    let st = std::process::Command::new("gzip")
+        .arg(&rotated)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::write(
+        w.logs().join("app.log.2"),
+        b"\x28\xb5\x2f\xfdcompressed bytes\nmore\n",
+    )
+    .unwrap();
+    let records = w.wait_records(310, LONG);
+    std::thread::sleep(Duration::from_secs(2));
+    let records2 = w.records();
+    assert_eq!(records2.len(), 310, "compressed content was shipped");
+    let mut expected = lines("z", 0, 300);
+    expected.extend(lines("n", 0, 10));
+    assert_each_once(&records, &expected);
+}
+
+#[test]
+fn deleted_file_is_read_to_its_end_its_descriptor_closed_and_a_recreated_one_read_from_start() {
+    let mut w = World::new();
+    w.sources = source(&w, "*.log", "");
+    let _store = w.start_receiver();
+    let agent = w.start_agent();
+    let app = w.logs().join("gone.log");
+    write_lines(&app, "d", 0, 10);
+    w.wait_records(10, LONG);
+    wait_until(LONG, "agent has the file open", || {
+        fds_to(agent.pid(), "gone.log") == 1
+    });
+    write_lines(&app, "d", 10, 20_000);
+    std::fs::remove_file(&app).unwrap();
+    w.wait_records(20_000, LONG);
+    wait_until(LONG, "no descriptor of the deleted file left", || {
+        fds_to(agent.pid(), "gone.log") == 0
+    });
+    write_lines(&app, "e", 0, 5);
+    let records = w.wait_records(20_005, LONG);
+    let mut expected = lines("d", 0, 20_000);
+    expected.extend(lines("e", 0, 5));
+    assert_each_once(&records, &expected);
+    let new_first = records
+        .iter()
+        .find(|r| r["body"] == lines("e", 0, 1)[0])
+        .unwrap();
+    assert_eq!(new_first["offset"], 0, "the re-created file is read from 0");
+}
+
+#[test]
+fn checkpoints_of_files_gone_longer_than_the_expiry_are_deleted() {
+    let mut w = World::new();
+    w.sources = source(&w, "*.log", "checkpoint_expiry = \"2s\"");
+    w.agent_env
+        .push(("LOGVEIL_LOG".into(), "info,logveil::source=debug".into()));
+    let _store = w.start_receiver();
+    let mut agent = w.start_agent();
+    let gone = w.logs().join("gone.log");
+    let kept = w.logs().join("kept.log");
+    write_lines(&gone, "g", 0, 5);
+    write_lines(&kept, "k", 0, 5);
+    w.wait_records(10, LONG);
+    std::fs::remove_file(&gone).unwrap();
+    wait_until(LONG, "the expired checkpoint forgotten", || {
+        agent.log_text().contains("Forgetting the checkpoint")
+    });
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.wait_exit(LONG).success());
+    let buffer = logveil::buffer::Buffer::open(&w.path("data/buffer"), 1 << 20, 1 << 30).unwrap();
+    let paths: Vec<_> = buffer
+        .checkpoints()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.path)
+        .collect();
+    assert_eq!(
+        paths,
+        vec![kept],
+        "only the present file keeps its checkpoint; agent log: {}",
+        w.agent_logs()
+    );
+}
+
+#[test]
+fn read_from_end_at_first_start_then_restarts_resume_and_new_files_start_at_zero() {
+    let mut w = World::new();
+    w.sources = source(&w, "*.log", "read_from = \"end\"");
+    let _store = w.start_receiver();
+    let old = w.logs().join("old.log");
+    write_lines(&old, "old", 0, 100);
+    let mut agent = w.start_agent();
+    // Reading starts at the end: probe lines appended from now on are read.
+    let mut probes = 0;
+    wait_until(LONG, "a probe line read", || {
+        std::thread::sleep(Duration::from_millis(200));
+        write_lines(&old, "probe", probes, probes + 1);
+        probes += 1;
+        !w.records().is_empty()
+    });
+    // Probes written before the agent's first look are backlog: the rest must arrive.
+    let first_read = w.records()[0]["body"].as_str().unwrap().to_string();
+    let first_index = (0..probes)
+        .position(|i| lines("probe", i, i + 1)[0] == first_read)
+        .expect("the first record is a probe");
+    let probes = probes - first_index;
+    w.wait_records(probes, LONG);
+    write_lines(&old, "new", 0, 10);
+    w.wait_records(probes + 10, LONG);
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.wait_exit(LONG).success());
+    write_lines(&old, "down", 0, 5);
+    let fresh = w.logs().join("fresh.log");
+    write_lines(&fresh, "fresh", 0, 7);
+    let _agent = w.start_agent();
+    let records = w.wait_records(probes + 22, LONG);
+    let bodies: Vec<&str> = records
+        .iter()
+        .map(|r| r["body"].as_str().unwrap())
+        .collect();
+    assert!(
+        !bodies.iter().any(|b| b.starts_with("old ")),
+        "backlog read"
+    );
+    for e in lines("new", 0, 10)
+        .iter()
+        .chain(&lines("down", 0, 5))
+        .chain(&lines("fresh", 0, 7))
+    {
+        assert_eq!(bodies.iter().filter(|b| *b == e).count(), 1, "{e}");
+    }
+}
+
+#[test]
+fn ignore_older_skips_the_backlog_of_old_files_but_reads_their_new_lines() {
+    let mut w = World::new();
+    w.sources = source(&w, "*.log", "ignore_older = \"1h\"");
+    let _store = w.start_receiver();
+    let stale = w.logs().join("stale.log");
+    let recent = w.logs().join("recent.log");
+    write_lines(&stale, "stale", 0, 50);
+    write_lines(&recent, "recent", 0, 50);
+    let two_days_ago = nix::sys::time::TimeSpec::new(
+        (std::time::SystemTime::now() - Duration::from_secs(2 * 86400))
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64,
+        0,
+    );
+    nix::sys::stat::utimensat(
+        None,
+        &stale,
+        &two_days_ago,
+        &two_days_ago,
+        nix::sys::stat::UtimensatFlags::FollowSymlink,
+    )
+    .unwrap();
+    let _agent = w.start_agent();
+    w.wait_records(50, LONG);
+    std::thread::sleep(Duration::from_secs(1));
+    write_lines(&stale, "stale-new", 0, 3);
+    let records = w.wait_records(53, LONG);
+    let mut expected = lines("recent", 0, 50);
+    expected.extend(lines("stale-new", 0, 3));
+    assert_each_once(&records, &expected);
+}
+
+#[test]
+fn restart_after_sigterm_and_after_sigkill_ships_each_line_once() {
+    let mut w = World::new();
+    w.sources = source(&w, "*.log", "");
+    let _store = w.start_receiver();
+    let app = w.logs().join("r.log");
+    let mut n = 0;
+    for round in 0..4 {
+        let mut agent = w.start_agent();
+        write_lines(&app, "r", n, n + 5000);
+        n += 5000;
+        std::thread::sleep(Duration::from_millis(300));
+        if round % 2 == 0 {
+            agent.kill9();
+        } else {
+            agent.signal(Signal::SIGTERM);
+            assert!(agent.wait_exit(LONG).success());
+        }
+    }
+    let _agent = w.start_agent();
+    let records = w.wait_records(n, LONG);
+    assert_file_shipped_exactly_once(&records, &app);
+}
