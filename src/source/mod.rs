@@ -56,7 +56,10 @@
 //!
 //! # Reading
 //! Open files are read round-robin, at most 256 KiB per file per pass, so a busy file
-//! cannot starve the others. Each pass over a file that produced lines (or moved its
+//! cannot starve the others. A pass looks at every open file after a scan and at least
+//! every `poll_interval`; in between only at files named by a data change notification or
+//! not yet quiet (not at their end, holding something back, gone, or with an unsent
+//! checkpoint), so the cost of a line does not grow with the number of idle files. Each pass over a file that produced lines (or moved its
 //! checkpoint) yields one [`Chunk`]: those lines and the file's checkpoint just past the
 //! last of them. A checkpoint is never ahead of the lines handed over before or with it.
 //! When no file had new bytes the thread sleeps until a change notification, the next

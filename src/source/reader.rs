@@ -34,6 +34,8 @@ const SEND_STOP_CHECK: Duration = Duration::from_millis(50);
 const MIN_WAIT: Duration = Duration::from_millis(10);
 /// Change notifications trigger a rescan at most this often.
 const MIN_RESCAN_GAP: Duration = Duration::from_millis(50);
+/// Every this many scans, the first bytes of every open file are checked.
+const FULL_HEAD_CHECK_EVERY: u64 = 10;
 /// Name endings of compressed files, never opened unless `read_compressed`.
 const COMPRESSED_SUFFIXES: &[&str] = &[".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4", ".Z"];
 /// First bytes of gzip, bzip2, xz, zstd, zip and lz4 files.
@@ -81,7 +83,7 @@ pub(crate) enum Ended {
 
 pub(crate) struct ReadLoop {
     sources: Vec<SourceConfig>,
-    rules: Vec<FileRules>,
+    rules: Vec<Arc<FileRules>>,
     /// Per source: no checkpoint of it existed at start (`read_from` applies).
     first_start: Vec<bool>,
     /// Scans done since the loop started (`read_from`, `ignore_older` apply to the first).
@@ -105,6 +107,9 @@ pub(crate) struct ReadLoop {
     last_full_read: Option<Instant>,
     /// The next read pass looks at every open file (after a scan).
     full_read_next: bool,
+    /// Index into `files` by path, for change notifications; rebuilt when stale.
+    path_index: HashMap<Arc<std::path::Path>, usize>,
+    path_index_stale: bool,
     /// Set when some file is parked or held: data change notifications then trigger a
     /// rescan.
     parked_any: Arc<AtomicBool>,
@@ -150,11 +155,11 @@ impl ReadLoop {
                 })?),
                 None => None,
             };
-            rules.push(FileRules {
+            rules.push(Arc::new(FileRules {
                 max_line_bytes: s.max_line_bytes,
                 format: s.format,
                 multiline,
-            });
+            }));
         }
         let mut first_start = vec![true; sources.len()];
         for c in &checkpoints {
@@ -226,6 +231,8 @@ impl ReadLoop {
             changed,
             last_full_read: None,
             full_read_next: true,
+            path_index: HashMap::new(),
+            path_index_stale: true,
             sources,
             discovery,
             checkpoints: checkpoints.into_iter().map(|c| (c.id, c)).collect(),
@@ -313,7 +320,7 @@ impl ReadLoop {
         if self.rescan.load(Ordering::Acquire) {
             next = next.min(last_scan + MIN_RESCAN_GAP);
         }
-        for f in &self.files {
+        for f in self.files.iter().filter(|f| !f.quiet) {
             let cfg = &self.sources[f.source];
             if f.has_pending() {
                 next = next.min(f.last_growth + cfg.partial_line_timeout);
@@ -340,6 +347,7 @@ impl ReadLoop {
 
     /// Finds files, opens new ones, marks open ones gone or present, retries watches.
     fn scan(&mut self) -> Result<(), Ended> {
+        self.path_index_stale = true;
         self.rescan.store(false, Ordering::Release);
         self.last_scan = Some(Instant::now());
         self.ensure_watches();
@@ -404,7 +412,8 @@ impl ReadLoop {
             self.open_new(f, first)?;
         }
         let retired_before = self.retired_total;
-        self.check_heads()?;
+        let sizes: HashMap<FileId, u64> = found.iter().map(|f| (f.id, f.len)).collect();
+        self.check_heads(&sizes)?;
         if self.retired_total != retired_before {
             // A file just found rewritten in place: a copy of it among the new files is
             // linked now, before the file's reset checkpoint can be sent (see open_new).
@@ -694,9 +703,17 @@ impl ReadLoop {
     }
 
     /// Detects files rewritten in place whose size did not drop below our offset.
-    fn check_heads(&mut self) -> Result<(), Ended> {
+    /// Files whose size equals our read position and that were quiet are skipped, except
+    /// every [`FULL_HEAD_CHECK_EVERY`]th scan: a file truncated and refilled to exactly the
+    /// same size between two scans is rare, and reading every head each scan is most of
+    /// the idle cost with thousands of files.
+    fn check_heads(&mut self, sizes: &HashMap<FileId, u64>) -> Result<(), Ended> {
+        let all = self.scans % FULL_HEAD_CHECK_EVERY == 0;
         for i in 0..self.files.len() {
             let t = &mut self.files[i];
+            if !all && t.quiet && sizes.get(&t.id) == Some(&t.read_offset()) {
+                continue;
+            }
             match t.head_changed() {
                 Ok(false) => {}
                 Ok(true) => {
@@ -814,24 +831,39 @@ impl ReadLoop {
         if full {
             self.last_full_read = Some(Instant::now());
         }
+        let mut notified = vec![false; n];
+        if !full && !changed.paths.is_empty() {
+            if self.path_index_stale {
+                self.path_index = self
+                    .files
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (t.path.clone(), i))
+                    .collect();
+                self.path_index_stale = false;
+            }
+            for p in &changed.paths {
+                if let Some(&i) = self.path_index.get(p.as_path()) {
+                    if let Some(x) = notified.get_mut(i) {
+                        *x = true;
+                    }
+                }
+            }
+        }
         let start = self.rr_start % n;
         self.rr_start = (start + 1) % n;
         let mut any_data = false;
         for k in 0..n {
-            if self.stop.is_cancelled() {
-                return Err(Ended::Stopped);
-            }
             let i = (start + k) % n;
             let Some(t) = self.files.get(i) else {
                 break;
             };
-            let quiet = t.at_eof
-                && !t.has_pending()
-                && t.gone_since.is_none()
-                && t.sent_offset == t.checkpoint_offset()
-                && !changed.paths.contains(&*t.path);
-            if !full && quiet {
+            // `quiet` is from this file's last read; a scan since then makes this pass full.
+            if !full && t.quiet && !notified.get(i).copied().unwrap_or(true) {
                 continue;
+            }
+            if self.stop.is_cancelled() {
+                return Err(Ended::Stopped);
             }
             any_data |= self.read_one(i)?;
         }
@@ -880,6 +912,11 @@ impl ReadLoop {
         self.metrics.lines_split.inc_by(pass.lines_split);
         let had_data = pass.bytes > 0;
         self.send_lines(i, pass.lines)?;
+        let t = &mut self.files[i];
+        t.quiet = t.at_eof
+            && t.gone_since.is_none()
+            && !t.has_pending()
+            && t.sent_offset == t.checkpoint_offset();
         Ok(had_data)
     }
 
@@ -932,6 +969,10 @@ impl ReadLoop {
         let mut i = 0;
         while i < self.files.len() {
             let t = &self.files[i];
+            if t.gone_since.is_none() {
+                i += 1;
+                continue;
+            }
             let rotate_wait = self.sources[t.source].rotate_wait;
             let done = t.at_eof
                 && t.gone_since
@@ -944,6 +985,7 @@ impl ReadLoop {
             self.metrics.lines_split.inc_by(split);
             self.send_lines(i, lines)?;
             let t = self.files.remove(i);
+            self.path_index_stale = true;
             tracing::debug!(path = %t.path.display(), "Closed a rotated or deleted file.");
             self.metrics.files_open.dec();
             if !t.is_parked() {

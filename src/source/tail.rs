@@ -82,8 +82,9 @@ pub(crate) struct TailedFile {
     /// `None` while parked: closed to respect `max_open_files`, reopened by identity.
     file: Option<File>,
     framer: Framer,
-    assembler: Assembler,
-    rules: FileRules,
+    // Boxed: the read loop scans thousands of these per wake; small entries stay in cache.
+    assembler: Box<Assembler>,
+    rules: Arc<FileRules>,
     head_len: u32,
     head_hash: [u8; 32],
     /// The first [`PREFIX_BYTES`] bytes (fewer while the file is shorter): tells whether
@@ -101,6 +102,9 @@ pub(crate) struct TailedFile {
     pub sent_offset: u64,
     /// A read error was already logged; cleared by the next successful pass.
     pub error_logged: bool,
+    /// After its last read: at its end, present, holding nothing back, its checkpoint
+    /// sent. Only a change notification or a full pass makes it worth reading.
+    pub quiet: bool,
 }
 
 /// How many first bytes are kept to compare with new files that are still short.
@@ -118,7 +122,7 @@ impl TailedFile {
         path: &Path,
         checkpoint: Option<&Checkpoint>,
         no_checkpoint: NoCheckpoint,
-        rules: &FileRules,
+        rules: &Arc<FileRules>,
     ) -> io::Result<Option<(TailedFile, StartAt)>> {
         let mut file = File::open(path)?;
         let meta = file.metadata()?;
@@ -159,7 +163,11 @@ impl TailedFile {
             path: Arc::from(path),
             file: Some(file),
             framer: Framer::new(rules.max_line_bytes, offset),
-            assembler: Assembler::new(rules.format, rules.max_line_bytes, rules.multiline.clone()),
+            assembler: Box::new(Assembler::new(
+                rules.format,
+                rules.max_line_bytes,
+                rules.multiline.clone(),
+            )),
             rules: rules.clone(),
             head_len,
             head_hash,
@@ -170,6 +178,7 @@ impl TailedFile {
             at_eof: false,
             sent_offset: offset,
             error_logged: false,
+            quiet: false,
         };
         Ok(Some((t, start)))
     }
