@@ -5,7 +5,8 @@
 //!  "timestamp":"2026-12-03T18:07:14.123456Z","body":"user [REDACTED:email] logged in",
 //!  "redactions":{"email":1}}
 //! ```
-//! Optional fields: `body_encoding: "escaped"` when the line was not valid UTF-8 (see
+//! Optional fields: `observed_timestamp` (when `timestamp` is an event time from a container
+//! runtime), `attributes` (`{"log.iostream": "stdout"|"stderr"}`), `body_encoding: "escaped"` when the line was not valid UTF-8 (see
 //! [`decode_line`]); `part` and `last_part` for a line split at `max_line_bytes`;
 //! `json_error: true` for a line of a `json` source that did not parse; `redactions` when
 //! anything was redacted.
