@@ -153,3 +153,31 @@ fn real_world_logs_arrive_line_for_line_at_their_offsets() {
         "the corpus holds IP addresses, so some lines are redacted"
     );
 }
+
+#[test]
+fn pii_in_file_names_stays_out_of_records_and_the_agents_logs() {
+    let mut w = World::new();
+    w.agent_env = vec![("LOGVEIL_LOG".into(), "debug".into())];
+    let _store = w.start_receiver();
+    let _agent = w.start_agent();
+    let dir = w.logs().join("jane.doe@example.com");
+    std::fs::create_dir_all(&dir).unwrap();
+    append(&dir.join("export 641-31-9853.log"), "exported\n");
+    let records = w.wait_records(1, LONG);
+    let path = records[0]["path"].as_str().unwrap();
+    assert!(path.contains("[REDACTED:email]"), "{path}");
+    assert!(
+        !path.contains("jane.doe") && !path.contains("641-31-9853"),
+        "{path}"
+    );
+    let logs = w.agent_logs();
+    assert!(logs.contains("DEBUG"), "the agent ran at debug level");
+    assert!(
+        !logs.contains("jane.doe@example.com"),
+        "an e-mail from a file name is in the agent's logs"
+    );
+    assert!(
+        !logs.contains("641-31-9853"),
+        "an SSN from a file name is in the agent's logs"
+    );
+}

@@ -975,5 +975,14 @@ impl json::FieldTypes for FieldLookup<'_> {
     }
 }
 
+/// A path for the agent's own log lines, with the built-in detectors applied: file names
+/// can hold PII (per-customer exports), and the agent's logs must not.
+pub fn safe_path(path: &std::path::Path) -> String {
+    static DEFAULTS: std::sync::OnceLock<Redactor> = std::sync::OnceLock::new();
+    let red = DEFAULTS.get_or_init(Redactor::defaults);
+    red.redact(&path.to_string_lossy(), &mut Counts::default())
+        .into_owned()
+}
+
 #[cfg(test)]
 mod tests;

@@ -354,7 +354,7 @@ impl ReadLoop {
         let (found, problems) = self.discovery.scan();
         for p in problems {
             if self.walk_warned.insert(p.path.clone()) {
-                tracing::warn!(path = %p.path.display(), error = %p.error, "Cannot search for log files here.");
+                tracing::warn!(path = %crate::redact::safe_path(&p.path), error = %p.error, "Cannot search for log files here.");
                 self.metrics.source_errors.inc();
             }
         }
@@ -372,7 +372,7 @@ impl ReadLoop {
                         to_unpark.push(i);
                     }
                     if moved {
-                        tracing::debug!(from = %t.path.display(), to = %f.path.display(), "Open file found under a new path.");
+                        tracing::debug!(from = %crate::redact::safe_path(&t.path), to = %crate::redact::safe_path(&f.path), "Open file found under a new path.");
                         t.path = Arc::from(f.path.as_path());
                     }
                     if t.is_parked() && f.len != t.read_offset() && !moved {
@@ -381,7 +381,7 @@ impl ReadLoop {
                 }
                 None => {
                     if t.gone_since.is_none() {
-                        tracing::debug!(path = %t.path.display(), "Open file no longer matched; reading it to its end.");
+                        tracing::debug!(path = %crate::redact::safe_path(&t.path), "Open file no longer matched; reading it to its end.");
                         t.gone_since = Some(now);
                     }
                 }
@@ -446,7 +446,7 @@ impl ReadLoop {
                 // retired (a copy of it continues where it was left) and the file now at
                 // the path is opened as a new one by this scan.
                 let t = self.files.remove(i);
-                tracing::warn!(path = %path.display(), "File was truncated or replaced while closed (max_open_files); reading it as a new file.");
+                tracing::warn!(path = %crate::redact::safe_path(&path), "File was truncated or replaced while closed (max_open_files); reading it as a new file.");
                 self.metrics.truncations.inc();
                 self.metrics.files_open.dec();
                 let (len, hash) = t.fingerprint();
@@ -501,7 +501,7 @@ impl ReadLoop {
     fn open_new(&mut self, f: &Found, first: bool) -> Result<(), Ended> {
         let cfg = &self.sources[f.source];
         if !cfg.read_compressed && is_compressed(f) {
-            tracing::debug!(path = %f.path.display(), "Not reading a compressed file.");
+            tracing::debug!(path = %crate::redact::safe_path(&f.path), "Not reading a compressed file.");
             self.skipped.insert(f.id);
             return Ok(());
         }
@@ -526,28 +526,28 @@ impl ReadLoop {
                 self.held.remove(&f.id);
                 match start {
                     StartAt::Beginning => {
-                        tracing::debug!(path = %f.path.display(), "Reading new file from its start.")
+                        tracing::debug!(path = %crate::redact::safe_path(&f.path), "Reading new file from its start.")
                     }
                     StartAt::Resume(offset) => {
-                        tracing::debug!(path = %f.path.display(), offset, "Resuming file at its checkpoint.")
+                        tracing::debug!(path = %crate::redact::safe_path(&f.path), offset, "Resuming file at its checkpoint.")
                     }
                     StartAt::End(offset) => {
-                        tracing::debug!(path = %f.path.display(), offset, "Reading file from its end (read_from or ignore_older).");
+                        tracing::debug!(path = %crate::redact::safe_path(&f.path), offset, "Reading file from its end (read_from or ignore_older).");
                         // The start position becomes durable even if no line follows.
                         t.sent_offset = u64::MAX;
                     }
                     StartAt::Linked(offset) => {
-                        tracing::info!(path = %f.path.display(), offset, "New file is a copy of a truncated file already read; continuing where that one was left.");
+                        tracing::info!(path = %crate::redact::safe_path(&f.path), offset, "New file is a copy of a truncated file already read; continuing where that one was left.");
                         t.sent_offset = u64::MAX;
                     }
                     // Changed between retire_if_stale and the open: read from 0.
                     StartAt::HeadChanged | StartAt::Truncated { .. } => {
-                        tracing::info!(path = %f.path.display(), "File changed while being opened; reading it from its start.");
+                        tracing::info!(path = %crate::redact::safe_path(&f.path), "File changed while being opened; reading it from its start.");
                         self.retire(f.id, cp.as_ref());
                     }
                 }
                 if t.head_is_compressed() && !self.sources[f.source].read_compressed {
-                    tracing::debug!(path = %f.path.display(), "Not reading a compressed file.");
+                    tracing::debug!(path = %crate::redact::safe_path(&f.path), "Not reading a compressed file.");
                     self.skipped.insert(f.id);
                     return Ok(());
                 }
@@ -564,7 +564,7 @@ impl ReadLoop {
             Ok(None) => self.rescan.store(true, Ordering::Release),
             Err(e) => {
                 if self.open_failures.insert(f.path.clone(), e.kind()) != Some(e.kind()) {
-                    tracing::warn!(path = %f.path.display(), error = %e, "Cannot open log file; will retry.");
+                    tracing::warn!(path = %crate::redact::safe_path(&f.path), error = %e, "Cannot open log file; will retry.");
                     self.metrics.source_errors.inc();
                 }
             }
@@ -668,13 +668,13 @@ impl ReadLoop {
         }
         if f.len < cp.offset {
             tracing::warn!(
-                path = %f.path.display(), checkpoint_offset = cp.offset, size = f.len,
+                path = %crate::redact::safe_path(&f.path), checkpoint_offset = cp.offset, size = f.len,
                 "File is shorter than its checkpoint (truncated while not read); reading it from its start."
             );
             self.metrics.truncations.inc();
         } else {
             tracing::info!(
-                path = %f.path.display(),
+                path = %crate::redact::safe_path(&f.path),
                 "File has a checkpointed identity but other contents (inode reused or rewritten); reading it from its start."
             );
         }
@@ -717,7 +717,7 @@ impl ReadLoop {
             match t.head_changed() {
                 Ok(false) => {}
                 Ok(true) => {
-                    tracing::warn!(path = %t.path.display(), "File's first bytes changed (rewritten in place); reading it again from its start.");
+                    tracing::warn!(path = %crate::redact::safe_path(&t.path), "File's first bytes changed (rewritten in place); reading it again from its start.");
                     self.metrics.truncations.inc();
                     let (len, hash) = t.fingerprint();
                     let offset = t.checkpoint().offset;
@@ -774,7 +774,7 @@ impl ReadLoop {
                 .remove(id)
                 .or_else(|| self.deleted.remove(id))
             {
-                tracing::debug!(path = %c.path.display(), "Forgetting the checkpoint of a file gone for longer than checkpoint_expiry.");
+                tracing::debug!(path = %crate::redact::safe_path(&c.path), "Forgetting the checkpoint of a file gone for longer than checkpoint_expiry.");
                 placeholder.path = c.path;
             }
         }
@@ -801,7 +801,7 @@ impl ReadLoop {
                 }
                 Err(e) => {
                     if !self.watch_warned {
-                        tracing::warn!(dir = %root.dir.display(), error = %e, "Cannot watch a log directory for changes; relying on polling.");
+                        tracing::warn!(dir = %crate::redact::safe_path(&root.dir), error = %e, "Cannot watch a log directory for changes; relying on polling.");
                         self.watch_warned = true;
                     }
                 }
@@ -886,10 +886,10 @@ impl ReadLoop {
         };
         if t.error_logged {
             t.error_logged = false;
-            tracing::info!(path = %t.path.display(), "Reading the file works again.");
+            tracing::info!(path = %crate::redact::safe_path(&t.path), "Reading the file works again.");
         }
         if deleted && !t.deleted {
-            tracing::debug!(path = %t.path.display(), "Open file was deleted; reading it to its end.");
+            tracing::debug!(path = %crate::redact::safe_path(&t.path), "Open file was deleted; reading it to its end.");
             t.deleted = true;
             t.gone_since.get_or_insert_with(Instant::now);
         }
@@ -905,7 +905,7 @@ impl ReadLoop {
         }
         let t = &mut self.files[i];
         if let Some((offset, size)) = pass.truncated {
-            tracing::warn!(path = %t.path.display(), offset, size, "File was truncated; reading it again from its start.");
+            tracing::warn!(path = %crate::redact::safe_path(&t.path), offset, size, "File was truncated; reading it again from its start.");
             self.metrics.truncations.inc();
         }
         self.metrics.bytes_read.inc_by(pass.bytes);
@@ -986,7 +986,7 @@ impl ReadLoop {
             self.send_lines(i, lines)?;
             let t = self.files.remove(i);
             self.path_index_stale = true;
-            tracing::debug!(path = %t.path.display(), "Closed a rotated or deleted file.");
+            tracing::debug!(path = %crate::redact::safe_path(&t.path), "Closed a rotated or deleted file.");
             self.metrics.files_open.dec();
             if !t.is_parked() {
                 self.open_count[t.source] -= 1;
@@ -1009,7 +1009,7 @@ impl ReadLoop {
         t.at_eof = true;
         if !t.error_logged {
             t.error_logged = true;
-            tracing::warn!(path = %t.path.display(), error = %e, "Cannot read log file; will retry.");
+            tracing::warn!(path = %crate::redact::safe_path(&t.path), error = %e, "Cannot read log file; will retry.");
             self.metrics.source_errors.inc();
         }
     }
