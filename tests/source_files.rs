@@ -316,3 +316,82 @@ fn restart_after_sigterm_and_after_sigkill_ships_each_line_once() {
     let records = w.wait_records(n, LONG);
     assert_file_shipped_exactly_once(&records, &app);
 }
+
+#[test]
+fn rotation_to_an_unmatched_name_while_the_agent_is_down_ships_the_rotated_tail() {
+    let mut w = World::new();
+    w.sources = source(&w, "*.log", "");
+    let _store = w.start_receiver();
+    let app = w.logs().join("app.log");
+    let mut agent = w.start_agent();
+    write_lines(&app, "a", 0, 500);
+    w.wait_records(500, LONG);
+    agent.kill9();
+    // While the agent is down: more lines, then logrotate's rename to a name `*.log` does
+    // not match, and a new file under the old name.
+    write_lines(&app, "a", 500, 800);
+    let rotated = w.logs().join("app.log-20261203");
+    std::fs::rename(&app, &rotated).unwrap();
+    write_lines(&app, "b", 0, 100);
+    // And a file unrelated to any checkpoint under an unmatched name is never read.
+    write_lines(&w.logs().join("other.txt"), "x", 0, 10);
+    let agent = w.start_agent();
+    let records = w.wait_records(900, LONG);
+    let mut expected = lines("a", 0, 800);
+    expected.extend(lines("b", 0, 100));
+    assert_each_once(&records, &expected);
+    // The rotated file is read to its end and then let go.
+    wait_until(LONG, "rotated file closed", || {
+        fds_to(agent.pid(), "app.log-20261203") == 0
+    });
+}
+
+/// Runs the agent in a user namespace of its own whose inotify limit `limit` (a file
+/// under /proc/sys/user/) is 0: as on a host whose `max_user_instances` or
+/// `max_user_watches` other programs used up.
+fn without_inotify(w: &mut World, limit: &str) {
+    w.agent_wrapper = [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "sh",
+        "-c",
+        &format!("echo 0 > /proc/sys/user/{limit} && exec \"$@\""),
+        "sh",
+    ]
+    .map(String::from)
+    .to_vec();
+}
+
+fn inotify_exhausted_falls_back_to_polling(limit: &str) {
+    let mut w = World::new();
+    w.sources = source(&w, "**/*.log", "");
+    without_inotify(&mut w, limit);
+    let _store = w.start_receiver();
+    write_lines(&w.logs().join("first.log"), "first", 0, 50);
+    let _agent = w.start_agent();
+    w.wait_records(50, LONG);
+    // Files and directories that appear later, and lines appended to a known file, are
+    // found by polling alone.
+    std::fs::create_dir_all(w.logs().join("later/deeper")).unwrap();
+    write_lines(&w.logs().join("later/deeper/new.log"), "new", 0, 30);
+    write_lines(&w.logs().join("first.log"), "first", 50, 60);
+    let records = w.wait_records(90, LONG);
+    let mut expected = lines("first", 0, 60);
+    expected.extend(lines("new", 0, 30));
+    assert_each_once(&records, &expected);
+    assert!(
+        w.agent_logs().contains("relying on polling"),
+        "the fallback is logged"
+    );
+}
+
+#[test]
+fn exhausted_inotify_instances_fall_back_to_polling() {
+    inotify_exhausted_falls_back_to_polling("max_inotify_instances");
+}
+
+#[test]
+fn exhausted_inotify_watches_fall_back_to_polling() {
+    inotify_exhausted_falls_back_to_polling("max_inotify_watches");
+}

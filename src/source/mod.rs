@@ -63,7 +63,11 @@
 //! checkpoint) yields one [`Chunk`]: those lines and the file's checkpoint just past the
 //! last of them. A checkpoint is never ahead of the lines handed over before or with it.
 //! When no file had new bytes the thread sleeps until a change notification, the next
-//! poll, or a partial-line / rotation deadline.
+//! poll, or a partial-line / rotation deadline. Notifications are coalesced: after one,
+//! if the previous came less than 100 ms before, the pass waits out the rest of that
+//! window (never past a deadline), so writes trickling into many files cost one pass per
+//! 100 ms rather than one per write; an isolated write is read at once, and a busy file
+//! (one with bytes left to read) is never waited for.
 //!
 //! # Records
 //! Framed lines go through the `assemble` stage (container formats, multiline; see that

@@ -13,6 +13,7 @@ use notify::event::ModifyKind;
 use notify::{EventKind, RecommendedWatcher, Watcher};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
@@ -32,6 +33,8 @@ const READ_BUF: usize = 64 * 1024;
 const SEND_STOP_CHECK: Duration = Duration::from_millis(50);
 /// Shortest sleep when idle, so a deadline that cannot be acted on yet does not spin.
 const MIN_WAIT: Duration = Duration::from_millis(10);
+/// At most one notification-driven read pass per this window while writes trickle in.
+const READ_COALESCE: Duration = Duration::from_millis(100);
 /// Change notifications trigger a rescan at most this often.
 const MIN_RESCAN_GAP: Duration = Duration::from_millis(50);
 /// Every this many scans, the first bytes of every open file are checked.
@@ -131,6 +134,8 @@ pub(crate) struct ReadLoop {
     open_failures: HashMap<PathBuf, io::ErrorKind>,
     walk_warned: HashSet<PathBuf>,
     last_scan: Option<Instant>,
+    /// When the loop was last woken by a change notification (see `coalesce_wakes`).
+    last_wake: Option<Instant>,
     poll_interval: Duration,
     buf: Vec<u8>,
     /// Keeps the stop token's waker registered: cancelling wakes the loop at once.
@@ -249,6 +254,7 @@ impl ReadLoop {
             open_failures: HashMap::new(),
             walk_warned: HashSet::new(),
             last_scan: None,
+            last_wake: None,
             poll_interval,
             buf: vec![0; READ_BUF],
             _stop_wait: stop_wait,
@@ -293,11 +299,29 @@ impl ReadLoop {
                     .next_deadline()
                     .saturating_duration_since(Instant::now());
                 match self.wake_rx.recv_timeout(wait.max(MIN_WAIT)) {
-                    Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                    Ok(()) => self.coalesce_wakes(),
+                    Err(RecvTimeoutError::Timeout) => {}
                     // Cannot happen while the watcher/waker hold a sender; poll instead.
                     Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
                 }
             }
+        }
+    }
+
+    /// After a change notification: if the previous one came less than
+    /// [`READ_COALESCE`] ago, waits out the rest of that window (never past a deadline)
+    /// so that writes trickling into many files are read in one pass, not one pass per
+    /// write. An isolated write is read at once.
+    fn coalesce_wakes(&mut self) {
+        let now = Instant::now();
+        let previous = self.last_wake.replace(now);
+        let Some(previous) = previous else {
+            return;
+        };
+        let until = (previous + READ_COALESCE).min(self.next_deadline());
+        if until > now && !self.stop.is_cancelled() {
+            std::thread::sleep(until - now);
+            self.last_wake = Some(until);
         }
     }
 
@@ -407,6 +431,10 @@ impl ReadLoop {
         // among the new files, whatever its name or inode, continues where it was left.
         for f in &new {
             self.retire_if_stale(f);
+        }
+        // Before new files, which could otherwise take every descriptor.
+        if first {
+            self.resume_renamed_away(&present)?;
         }
         for f in &new {
             self.open_new(f, first)?;
@@ -566,6 +594,69 @@ impl ReadLoop {
                 if self.open_failures.insert(f.path.clone(), e.kind()) != Some(e.kind()) {
                     tracing::warn!(path = %crate::redact::safe_path(&f.path), error = %e, "Cannot open log file; will retry.");
                     self.metrics.source_errors.inc();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// At startup: a checkpointed file no longer matched under any path may have been
+    /// renamed, while the agent was down, to a name the globs do not match (`app.log` →
+    /// `app.log-20261203`). Its unread tail is still owed: a file with the checkpoint's
+    /// device and inode in the directory it was last read in, whose first bytes still
+    /// match, is opened at the checkpoint, read to its end and closed like any file
+    /// rotated away. Files moved to another directory are not searched for.
+    fn resume_renamed_away(&mut self, present: &HashMap<FileId, &Found>) -> Result<(), Ended> {
+        let mut by_dir: HashMap<PathBuf, Vec<Checkpoint>> = HashMap::new();
+        for cp in self.checkpoints.values() {
+            if present.contains_key(&cp.id) {
+                continue;
+            }
+            if let Some(dir) = cp.path.parent() {
+                by_dir.entry(dir.to_path_buf()).or_default().push(cp.clone());
+            }
+        }
+        let now = Instant::now();
+        for (dir, cps) in by_dir {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            let wanted: HashMap<FileId, &Checkpoint> = cps.iter().map(|c| (c.id, c)).collect();
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.metadata() else {
+                    continue;
+                };
+                let id = FileId {
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                };
+                let Some(cp) = wanted.get(&id) else {
+                    continue;
+                };
+                // The source of the name it was read under; none if the config changed.
+                let Some(source) = self.discovery.source_of(&cp.path) else {
+                    continue;
+                };
+                if !meta.is_file() || meta.len() <= cp.offset {
+                    continue;
+                }
+                let found = Found {
+                    id,
+                    source,
+                    path: entry.path(),
+                    len: meta.len(),
+                    modified: meta.modified().ok(),
+                };
+                self.retire_if_stale(&found);
+                if !self.checkpoints.contains_key(&id) {
+                    // Other contents under the inode: not the file that was read.
+                    continue;
+                }
+                tracing::info!(from = %crate::redact::safe_path(&cp.path), to = %crate::redact::safe_path(&found.path), "File renamed away while the agent was down; reading it to its end.");
+                let before = self.files.len();
+                self.open_new(&found, true)?;
+                if let Some(t) = self.files.get_mut(before) {
+                    t.gone_since = Some(now);
                 }
             }
         }

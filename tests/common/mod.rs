@@ -93,6 +93,8 @@ pub struct World {
     pub receiver_extra: String,
     pub sources: String,
     pub agent_env: Vec<(String, String)>,
+    /// A command line the agent is started under (its last argument execs the agent).
+    pub agent_wrapper: Vec<String>,
     starts: u32,
 }
 
@@ -108,6 +110,7 @@ impl World {
             receiver_extra: String::new(),
             sources: String::new(),
             agent_env: Vec::new(),
+            agent_wrapper: Vec::new(),
             starts: 0,
             dir,
         };
@@ -207,7 +210,14 @@ impl World {
         let cfg = self.write_agent_config();
         self.starts += 1;
         let log = self.path(&format!("out/agent-{}.log", self.starts));
-        let mut cmd = Command::new(bin());
+        let mut cmd = match self.agent_wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
         cmd.args(["run", "--config"])
             .arg(&cfg)
             .stdin(Stdio::null())
