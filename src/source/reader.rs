@@ -13,9 +13,9 @@ use notify::event::ModifyKind;
 use notify::{EventKind, RecommendedWatcher, Watcher};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::MetadataExt;
 use std::future::Future;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -613,7 +613,10 @@ impl ReadLoop {
                 continue;
             }
             if let Some(dir) = cp.path.parent() {
-                by_dir.entry(dir.to_path_buf()).or_default().push(cp.clone());
+                by_dir
+                    .entry(dir.to_path_buf())
+                    .or_default()
+                    .push(cp.clone());
             }
         }
         let now = Instant::now();
