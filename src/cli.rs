@@ -30,13 +30,31 @@ enum Command {
     /// Write an Ed25519 key pair: DIR/agent.key (0600) and DIR/agent.pub (`--name store`
     /// for the central store's ledger key: store.key and store.pub). With --pseudonym,
     /// write the fleet's HMAC key for `hash` masking instead: DIR/pseudonym.key (0600).
+    /// With --compliance, write the compliance X25519 key pair that legal-exception fields
+    /// are sealed to: DIR/compliance.key (0600, for the compliance role only) and
+    /// DIR/compliance.pub (for the agents' `redact.compliance_key`).
     Keygen {
         #[arg(long)]
         out: PathBuf,
         #[arg(long, default_value = "agent")]
         name: String,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "compliance")]
         pseudonym: bool,
+        #[arg(long)]
+        compliance: bool,
+    },
+    /// Open the sealed fields of legal-stream records (compliance role). Reads
+    /// `archive cat` / `archive search` JSON lines from FILE or stdin and prints each
+    /// legal-stream record with `sealed` replaced by `revealed` (`{field path: value}`),
+    /// one JSON object per line. Records of other streams are skipped. A record the key
+    /// cannot open is named on stderr (host, path, offset) and the exit status is 1.
+    Reveal {
+        /// The compliance secret key (compliance.key).
+        #[arg(long)]
+        key: PathBuf,
+        /// Input file of JSON lines; stdin when absent.
+        #[arg(long = "in")]
+        input: Option<PathBuf>,
     },
     /// Run the agent: tail, redact, buffer, ship.
     Run {
@@ -254,6 +272,19 @@ fn load_agent(path: &std::path::Path) -> anyhow::Result<AgentConfig> {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Keygen {
+            out,
+            compliance: true,
+            ..
+        } => {
+            let (secret, public, id) = crate::redact::legal::generate_pair(&out)?;
+            println!(
+                "wrote {} and {} (compliance key id {id})",
+                secret.display(),
+                public.display()
+            );
+        }
+        Command::Reveal { key, input } => return reveal(&key, input.as_deref()),
         Command::Keygen {
             out,
             pseudonym: true,
@@ -601,6 +632,78 @@ fn redact_stream(
         ex.flush()?;
     }
     Ok(())
+}
+
+/// `logveil reveal`: see the command's help.
+fn reveal(key: &std::path::Path, input: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    use crate::redact::legal;
+    let secret = legal::load_secret(key)?;
+    let my_id = legal::key_id(&secret.public_key());
+    let reader: Box<dyn std::io::Read> = match input {
+        Some(p) => {
+            Box::new(std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?)
+        }
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let (mut revealed, mut failed) = (0u64, 0u64);
+    for (i, line) in std::io::BufReader::new(reader).lines().enumerate() {
+        let line = line.context("reading the input")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Ok(serde_json::Value::Object(mut rec)) = serde_json::from_str(&line) else {
+            eprintln!("logveil: input line {} is not a JSON record", i + 1);
+            failed += 1;
+            continue;
+        };
+        if rec.get("stream").and_then(|v| v.as_str()) != Some(legal::LEGAL_STREAM) {
+            continue;
+        }
+        let text = |k: &str| match rec.get(k) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+            None => "?".into(),
+        };
+        let named = format!(
+            "legal record host={} path={} offset={} (exception {})",
+            text("host"),
+            text("path"),
+            text("offset"),
+            text("exception")
+        );
+        let opened = match rec.get("sealed").and_then(|v| v.as_str()) {
+            None => Err("it has no `sealed` field"),
+            Some(sealed) => legal::unseal(&secret, sealed),
+        };
+        match opened {
+            Ok(fields) => {
+                rec.remove("sealed");
+                rec.insert("revealed".into(), serde_json::Value::Object(fields));
+                serde_json::to_writer(&mut out, &rec)?;
+                out.write_all(b"\n")?;
+                revealed += 1;
+            }
+            Err(why) => {
+                let record_key = text("key_id");
+                let hint = if record_key != my_id {
+                    format!(" (sealed to key id {record_key}; this key's id is {my_id})")
+                } else {
+                    String::new()
+                };
+                eprintln!("logveil: cannot open the sealed fields of {named}: {why}{hint}");
+                failed += 1;
+            }
+        }
+    }
+    out.flush()?;
+    eprintln!("logveil: {revealed} legal records revealed");
+    if failed > 0 {
+        eprintln!("logveil: {failed} records could not be revealed");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn open_buffer(config: &std::path::Path) -> anyhow::Result<(AgentConfig, Buffer)> {

@@ -9,9 +9,10 @@
 //! - `dead_letter`: same key as `batches` → `reason_len u16be | reason | envelope`.
 //!
 //! Invariants:
-//! - [`Buffer::seal`] inserts the envelope, advances the chain state and writes the file
-//!   checkpoints of every line in it in ONE sled transaction, then flushes; only then does
-//!   the batch count as durable. The transaction closure has no side effects (sled may run
+//! - [`Buffer::seal_streams`] inserts the envelopes (one per stream: the `default` batch and
+//!   the `legal` batch made from the same lines), advances each stream's chain state and
+//!   writes the file checkpoints of every line in them in ONE sled transaction, then
+//!   flushes; only then do the batches count as durable. The transaction closure has no side effects (sled may run
 //!   it more than once); counters are updated after it commits.
 //! - A batch is removed only by [`Buffer::ack`] (the store fsynced it) or replaced by its
 //!   tombstone in [`Buffer::dead_letter`].
@@ -49,6 +50,16 @@ pub struct Stored {
     pub stream: String,
     pub seq: u64,
     pub envelope: sled::IVec,
+}
+
+/// One envelope to store with [`Buffer::seal_streams`].
+#[derive(Debug, Clone, Copy)]
+pub struct Sealing<'a> {
+    pub stream: &'a str,
+    pub seq: u64,
+    /// The link hash the stream's next batch continues (this envelope's).
+    pub next_link: [u8; 32],
+    pub envelope: &'a [u8],
 }
 
 /// A batch the central store refused for good, kept for inspection and replay.
@@ -227,29 +238,73 @@ impl Buffer {
         envelope: &[u8],
         checkpoints: &[Checkpoint],
     ) -> Result<()> {
-        let key = batch_key(stream, seq);
-        let seq_key = format!("next_seq/{stream}");
-        let link_key = format!("link/{stream}");
-        let next_seq = (seq + 1).to_be_bytes();
+        self.seal_streams(
+            &[Sealing {
+                stream,
+                seq,
+                next_link,
+                envelope,
+            }],
+            checkpoints,
+        )
+    }
+
+    /// Stores sealed envelopes of several streams (at most one per stream), advances each
+    /// stream's chain, and writes the checkpoints, all in ONE transaction, then flushes:
+    /// the lines of one input that went to several streams become durable together or not
+    /// at all.
+    pub fn seal_streams(&self, sealings: &[Sealing<'_>], checkpoints: &[Checkpoint]) -> Result<()> {
+        struct Prepared {
+            key: Vec<u8>,
+            seq_key: String,
+            link_key: String,
+            seq: u64,
+            stream: String,
+            next_link: [u8; 32],
+            envelope: sled::IVec,
+        }
+        let prepared: Vec<Prepared> = sealings
+            .iter()
+            .map(|s| Prepared {
+                key: batch_key(s.stream, s.seq),
+                seq_key: format!("next_seq/{}", s.stream),
+                link_key: format!("link/{}", s.stream),
+                seq: s.seq,
+                stream: s.stream.to_string(),
+                next_link: s.next_link,
+                envelope: sled::IVec::from(s.envelope),
+            })
+            .collect();
+        for (i, p) in prepared.iter().enumerate() {
+            if prepared[..i].iter().any(|q| q.stream == p.stream) {
+                return Err(BufferError::Corrupt(format!(
+                    "sealing two batches of stream {} in one transaction",
+                    p.stream
+                )));
+            }
+        }
         let encoded: Vec<([u8; 16], Vec<u8>)> = checkpoints
             .iter()
             .map(|c| (c.id.key(), c.encode()))
             .collect();
-        let envelope = sled::IVec::from(envelope);
         (&self.batches, &self.meta, &self.checkpoints)
             .transaction(|(b, m, c)| {
-                let expected = m
-                    .get(seq_key.as_bytes())?
-                    .map(|v| v.as_ref() == (seq).to_be_bytes())
-                    .unwrap_or(seq == 1);
-                if !expected {
-                    return Err(abort(BufferError::Corrupt(format!(
-                        "sealing seq {seq} of stream {stream} out of order"
-                    ))));
+                for p in &prepared {
+                    let seq = p.seq;
+                    let expected = m
+                        .get(p.seq_key.as_bytes())?
+                        .map(|v| v.as_ref() == seq.to_be_bytes())
+                        .unwrap_or(seq == 1);
+                    if !expected {
+                        return Err(abort(BufferError::Corrupt(format!(
+                            "sealing seq {seq} of stream {} out of order",
+                            p.stream
+                        ))));
+                    }
+                    b.insert(p.key.as_slice(), p.envelope.clone())?;
+                    m.insert(p.seq_key.as_bytes(), &(seq + 1).to_be_bytes()[..])?;
+                    m.insert(p.link_key.as_bytes(), &p.next_link[..])?;
                 }
-                b.insert(key.as_slice(), envelope.clone())?;
-                m.insert(seq_key.as_bytes(), &next_seq[..])?;
-                m.insert(link_key.as_bytes(), &next_link[..])?;
                 for (k, v) in &encoded {
                     c.insert(&k[..], v.as_slice())?;
                 }
@@ -261,8 +316,10 @@ impl Buffer {
         crate::crash::point("after_seal_flush");
         {
             let mut u = self.usage.lock().expect("usage lock");
-            u.bytes += envelope.len() as u64;
-            u.batches += 1;
+            for p in &prepared {
+                u.bytes += p.envelope.len() as u64;
+                u.batches += 1;
+            }
         }
         self.sealed.notify_one();
         Ok(())
@@ -297,6 +354,36 @@ impl Buffer {
             None => Ok(None),
             Some(item) => {
                 let (k, v) = item?;
+                let (stream, seq) = split_key(&k)?;
+                Ok(Some(Stored {
+                    stream,
+                    seq,
+                    envelope: v,
+                }))
+            }
+        }
+    }
+
+    /// The batch to ship next: the oldest batch of the first stream after `after` (by
+    /// name, wrapping around), so one stream's backlog never starves another; the oldest
+    /// batch of the first stream when `after` is `None`.
+    pub fn next_batch(&self, after: Option<&str>) -> Result<Option<Stored>> {
+        let found = match after {
+            Some(stream) => {
+                // Stream names never hold bytes below '-', so `stream 0x01` sorts after
+                // every key of `stream` and before every key of any later stream.
+                let mut from = stream.as_bytes().to_vec();
+                from.push(1);
+                match self.batches.range(from..).next() {
+                    Some(item) => Some(item?),
+                    None => self.batches.iter().next().transpose()?,
+                }
+            }
+            None => self.batches.iter().next().transpose()?,
+        };
+        match found {
+            None => Ok(None),
+            Some((k, v)) => {
                 let (stream, seq) = split_key(&k)?;
                 Ok(Some(Stored {
                     stream,
@@ -464,6 +551,69 @@ mod tests {
         b.ack("default", 1).unwrap();
         assert_eq!(b.oldest().unwrap().unwrap().seq, 2);
         assert_eq!(b.usage().bytes, 5);
+    }
+
+    #[test]
+    fn two_streams_seal_together_and_keep_their_own_chains() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let b = Buffer::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+            b.seal("default", 1, [1; 32], b"d-1", &[cp(5, 100)])
+                .unwrap();
+            let both = [
+                Sealing {
+                    stream: "default",
+                    seq: 2,
+                    next_link: [2; 32],
+                    envelope: b"d-2",
+                },
+                Sealing {
+                    stream: "legal",
+                    seq: 1,
+                    next_link: [9; 32],
+                    envelope: b"l-1",
+                },
+            ];
+            b.seal_streams(&both, &[cp(5, 300)]).unwrap();
+            // One stream out of order aborts the whole transaction: nothing is written.
+            let bad = [
+                Sealing {
+                    stream: "default",
+                    seq: 3,
+                    next_link: [3; 32],
+                    envelope: b"d-3",
+                },
+                Sealing {
+                    stream: "legal",
+                    seq: 5,
+                    next_link: [8; 32],
+                    envelope: b"l-5",
+                },
+            ];
+            assert!(b.seal_streams(&bad, &[cp(5, 999)]).is_err());
+            assert!(b.get("default", 3).unwrap().is_none());
+        }
+        let b = Buffer::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+        assert_eq!(b.chain_state("default").unwrap().next_seq, 3);
+        assert_eq!(
+            b.chain_state("legal").unwrap(),
+            ChainState {
+                next_seq: 2,
+                link: [9; 32]
+            }
+        );
+        assert_eq!(b.checkpoints().unwrap()[0].offset, 300);
+        assert_eq!(b.usage().batches, 3);
+        // Shipping order alternates between streams, oldest first within each.
+        let first = b.next_batch(None).unwrap().unwrap();
+        assert_eq!((first.stream.as_str(), first.seq), ("default", 1));
+        let next = b.next_batch(Some("default")).unwrap().unwrap();
+        assert_eq!((next.stream.as_str(), next.seq), ("legal", 1));
+        let wrap = b.next_batch(Some("legal")).unwrap().unwrap();
+        assert_eq!((wrap.stream.as_str(), wrap.seq), ("default", 1));
+        b.ack("legal", 1).unwrap();
+        let only = b.next_batch(Some("default")).unwrap().unwrap();
+        assert_eq!((only.stream.as_str(), only.seq), ("default", 1));
     }
 
     #[test]

@@ -331,6 +331,35 @@ pub struct RedactConfig {
     /// A longer record is not scanned but masked whole (fail closed).
     #[serde(default = "default_max_record_bytes")]
     pub max_record_bytes: usize,
+    /// The compliance public key (`logveil keygen --compliance`) that legal-exception
+    /// fields are sealed to. Required when any exception is declared.
+    pub compliance_key: Option<PathBuf>,
+    /// Legal exceptions: fields kept (sealed to the compliance key) where a legal
+    /// obligation needs them. See docs/REDACTION.md "Legal exceptions".
+    #[serde(default)]
+    pub exceptions: Vec<ExceptionConfig>,
+}
+
+/// One `[[redact.exceptions]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExceptionConfig {
+    /// Unique name, shipped with every sealed record (`exception`).
+    pub name: String,
+    /// The legal obligation that requires keeping the fields.
+    pub legal_basis: String,
+    /// What the kept fields are for.
+    pub purpose: String,
+    /// Source names the exception applies to; every source when empty.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// Field path -> the exact value (or any of a list of values) it must have.
+    #[serde(default)]
+    pub when: std::collections::BTreeMap<String, toml::Value>,
+    /// The exact field paths kept (sealed); nothing else.
+    pub fields: Vec<String>,
+    /// How long the compliance store must keep the sealed fields.
+    pub retention_days: u64,
 }
 
 impl Default for RedactConfig {
@@ -346,6 +375,8 @@ impl Default for RedactConfig {
             hash_key: None,
             allow: Vec::new(),
             max_record_bytes: default_max_record_bytes(),
+            compliance_key: None,
+            exceptions: Vec::new(),
         }
     }
 }
@@ -516,8 +547,29 @@ impl AgentConfig {
                 E::BadAllow { index, .. } => format!("redact.allow.{index}"),
                 E::BadType { .. } | E::BadMode { .. } => "redact".to_string(),
                 E::HashKey(_) => "redact.hash_key".to_string(),
+                E::Exception(x) => match x {
+                    crate::redact::legal::LegalError::ComplianceKey { .. }
+                    | crate::redact::legal::LegalError::NoComplianceKey => {
+                        "redact.compliance_key".to_string()
+                    }
+                    crate::redact::legal::LegalError::Invalid { index, key, .. } => {
+                        format!("redact.exceptions.{index}.{key}")
+                    }
+                },
             };
             return Err(src.error(&key, e.to_string()));
+        }
+        for (i, x) in self.redact.exceptions.iter().enumerate() {
+            if let Some(unknown) = x
+                .sources
+                .iter()
+                .find(|s| !self.sources.iter().any(|d| &d.name == *s))
+            {
+                return Err(src.error(
+                    &format!("redact.exceptions.{i}.sources"),
+                    format!("`{unknown}` is not the name of a [[sources]] table"),
+                ));
+            }
         }
         Ok(())
     }

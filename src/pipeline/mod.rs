@@ -9,7 +9,18 @@
 //! full), then [`Buffer::seal`] the envelope together with the checkpoint of every file up
 //! to the last line in the batch.
 //!
-//! Nothing unredacted leaves this stage: records are built from redacted text only. The
+//! # Streams
+//! Every record goes to the `default` stream. A record that matches a legal exception
+//! ([`crate::redact::legal`]) also gives, per matching exception, one record on the `legal`
+//! stream holding only the exception's fields, lifted from the raw line before redaction and
+//! sealed to the compliance public key (see [`record`] for its fields); the `default` record
+//! is redacted in full as always. A batch holds one payload per stream; the sealer makes one
+//! envelope per non-empty payload, each continuing its own stream's chain, and stores them
+//! with the batch's checkpoints in one buffer transaction, so after a crash each line is on
+//! each of its streams exactly once.
+//!
+//! Nothing unredacted leaves this stage: records are built from redacted text only (the
+//! lifted legal fields exist in plaintext only until sealed, in memory). The
 //! redaction engine ([`Redactor::redact_record`]) reads each record with its source's
 //! format; a record it cannot scan arrives masked whole (counted as `unscannable`, logged
 //! with source and offset only), and a record whose finding has mode `drop_record` is not
@@ -26,14 +37,46 @@ use crate::source::{Checkpoint, Chunk, FileId};
 use crate::telemetry::AgentMetrics;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use ed25519_dalek::SigningKey;
-use seal::{Batch, Sealer};
+use seal::{Batch, Sealer, StreamBatch};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
-/// The routing stream every record goes to for now.
+/// The routing stream every record goes to.
 pub const DEFAULT_STREAM: &str = "default";
+/// The stream of sealed legal-exception fields.
+pub use crate::redact::legal::LEGAL_STREAM;
+
+/// The streams a batch can hold, in this order.
+const STREAMS: [&str; 2] = [DEFAULT_STREAM, LEGAL_STREAM];
+const DEFAULT: usize = 0;
+const LEGAL: usize = 1;
+
+/// The open payload of one stream.
+#[derive(Default)]
+struct OpenStream {
+    payload: Vec<u8>,
+    records: u64,
+    first_ts: i64,
+    last_ts: i64,
+}
+
+impl OpenStream {
+    fn push(&mut self, rec: &[u8], ts: i64) {
+        if self.records == 0 {
+            self.first_ts = ts;
+        }
+        self.payload.extend_from_slice(rec);
+        self.records += 1;
+        self.last_ts = ts;
+    }
+
+    /// Whether adding `add` bytes would push a non-empty payload past `max`.
+    fn would_overflow(&self, add: usize, max: usize) -> bool {
+        !self.payload.is_empty() && self.payload.len() + add > max
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -70,11 +113,8 @@ pub struct Pipeline {
     sealer: Option<Sealer>,
     /// To the sealer thread, while `run` is running.
     to_sealer: Option<Sender<Batch>>,
-    // The open batch.
-    payload: Vec<u8>,
-    records: u64,
-    first_ts: i64,
-    last_ts: i64,
+    // The open batch: one payload per stream of [`STREAMS`].
+    open: [OpenStream; 2],
     opened: Option<Instant>,
     checkpoints: HashMap<FileId, Checkpoint>,
     /// Checkpoints to delete once the batches before them are sealed.
@@ -95,7 +135,10 @@ impl Pipeline {
         buffer: Arc<Buffer>,
         metrics: AgentMetrics,
     ) -> Result<Self, PipelineError> {
-        let state = buffer.chain_state(DEFAULT_STREAM)?;
+        let mut chains = HashMap::new();
+        for stream in STREAMS {
+            chains.insert(stream, buffer.chain_state(stream)?);
+        }
         let compressor = zstd::bulk::Compressor::new(settings.compression_level)
             .map_err(PipelineError::Compress)?;
         let sealer = Sealer {
@@ -106,19 +149,17 @@ impl Pipeline {
             buffer,
             metrics: metrics.clone(),
             compressor,
-            seq: state.next_seq,
-            link: state.link,
+            chains,
         };
+        let mut open: [OpenStream; 2] = Default::default();
+        open[DEFAULT].payload = Vec::with_capacity(settings.batch_max_bytes);
         Ok(Pipeline {
-            payload: Vec::with_capacity(settings.batch_max_bytes),
+            open,
             settings,
             redactor,
             metrics,
             sealer: Some(sealer),
             to_sealer: None,
-            records: 0,
-            first_ts: 0,
-            last_ts: 0,
             opened: None,
             checkpoints: HashMap::new(),
             forget: Vec::new(),
@@ -190,28 +231,97 @@ impl Pipeline {
         hard_stop: &CancellationToken,
     ) -> Result<bool, PipelineError> {
         let info = self.settings.sources[chunk.source].clone();
-        // The part of every record that is the same for the whole chunk.
-        let mut prefix = Vec::with_capacity(128);
-        prefix.extend_from_slice(b"{\"host\":");
-        record::push_json_str(&mut prefix, &self.settings.host_id);
-        prefix.extend_from_slice(b",\"source\":");
-        record::push_json_str(&mut prefix, &info.name);
-        prefix.extend_from_slice(b",\"stream\":\"");
-        prefix.extend_from_slice(DEFAULT_STREAM.as_bytes());
-        prefix.extend_from_slice(b"\",\"path\":");
         // File names can hold PII too (per-customer exports): the path is redacted like a line.
         let path = chunk.path.to_string_lossy();
         let path = self.redactor.redact(&path, &mut Counts::default());
-        record::push_json_str(&mut prefix, &path);
-        prefix.extend_from_slice(b",\"offset\":");
+        // The part of every record of a stream that is the same for the whole chunk.
+        let prefix_of = |stream: &str| {
+            let mut prefix = Vec::with_capacity(128);
+            prefix.extend_from_slice(b"{\"host\":");
+            record::push_json_str(&mut prefix, &self.settings.host_id);
+            prefix.extend_from_slice(b",\"source\":");
+            record::push_json_str(&mut prefix, &info.name);
+            prefix.extend_from_slice(b",\"stream\":");
+            record::push_json_str(&mut prefix, stream);
+            prefix.extend_from_slice(b",\"path\":");
+            record::push_json_str(&mut prefix, &path);
+            prefix.extend_from_slice(b",\"offset\":");
+            prefix
+        };
+        let prefix = prefix_of(DEFAULT_STREAM);
         let format = info.format;
 
+        let redactor = self.redactor.clone();
+        let exceptions = redactor.exceptions();
+        let lift = exceptions.applies_to(&info.name);
+        let legal_prefix = if lift {
+            prefix_of(LEGAL_STREAM)
+        } else {
+            Vec::new()
+        };
         let mut rec = Vec::with_capacity(512);
+        let mut legal: Vec<u8> = Vec::new();
+        let mut times = Vec::with_capacity(96);
         let mut line_counts = Counts::default();
         let mut ts_cache: Option<(SystemTime, String)> = None;
         for line in &chunk.lines {
             rec.clear();
+            legal.clear();
+            times.clear();
             line_counts.clear();
+            // `"timestamp":"…"` and, for an event time, `"observed_timestamp":"…"`.
+            times.extend_from_slice(b",\"timestamp\":\"");
+            let event_ts = line.event.and_then(|e| e.timestamp);
+            if let Some(t) = event_ts {
+                times.extend_from_slice(humantime::format_rfc3339_nanos(t).to_string().as_bytes());
+                times.extend_from_slice(b"\",\"observed_timestamp\":\"");
+            }
+            match &ts_cache {
+                Some((t, s)) if *t == line.read_at => times.extend_from_slice(s.as_bytes()),
+                _ => {
+                    let s = humantime::format_rfc3339_micros(line.read_at).to_string();
+                    times.extend_from_slice(s.as_bytes());
+                    ts_cache = Some((line.read_at, s));
+                }
+            }
+            times.push(b'"');
+
+            // Legal exceptions: lift and seal their fields from the raw line, before
+            // redaction. Whole lines only (a part of a split line is no record).
+            if lift && line.part.is_none() {
+                if let Ok(text) = std::str::from_utf8(&line.bytes) {
+                    for lifted in exceptions.lift(&info.name, format, text) {
+                        let Some(sealed) = exceptions.seal(&lifted) else {
+                            continue;
+                        };
+                        let start = legal.len();
+                        record::push_legal_record(
+                            &mut legal,
+                            &legal_prefix,
+                            &record::LegalTags {
+                                offset: line.offset,
+                                times: &times,
+                                exception: lifted.exception,
+                                key_id: exceptions.key_id().unwrap_or_default(),
+                                fields: lifted.values.keys().map(String::as_str),
+                                sealed: &sealed,
+                            },
+                        );
+                        if legal.len() - start > self.settings.batch_max_bytes {
+                            // Cannot fit any batch; the store would refuse it.
+                            legal.truncate(start);
+                            self.metrics.legal_records_too_large.inc();
+                            tracing::error!(
+                                source = %info.name,
+                                offset = line.offset,
+                                exception = %lifted.exception.name,
+                                "the sealed fields of a legal exception exceed sink.batch_max_bytes: not shipped"
+                            );
+                        }
+                    }
+                }
+            }
+
             let redactor = &self.redactor;
             let (mut unscannable, mut dropped) = (false, false);
             let (body, escaped) = record::redact_line(&line.bytes, |t| {
@@ -228,84 +338,72 @@ impl Pipeline {
                 );
             }
             if dropped {
-                // drop_record: nothing is shipped, but the line counts as read.
+                // drop_record: nothing is shipped on `default`, but the line counts as read.
                 for (det, n) in &line_counts.0 {
                     self.metrics
                         .count_redaction(self.redactor.kind(*det), u64::from(*n));
                 }
-                let mut cp = chunk.checkpoint.clone();
-                cp.offset = line.end;
-                self.checkpoints.insert(cp.id, cp);
-                if self.opened.is_none() {
-                    self.opened = Some(Instant::now());
+            } else {
+                rec.extend_from_slice(&prefix);
+                rec.extend_from_slice(itoa_u64(line.offset).as_bytes());
+                rec.extend_from_slice(&times);
+                if let Some(e) = line.event {
+                    rec.extend_from_slice(b",\"attributes\":{\"log.iostream\":\"");
+                    rec.extend_from_slice(e.iostream.as_str().as_bytes());
+                    rec.extend_from_slice(b"\"}");
                 }
-                continue;
-            }
-            rec.extend_from_slice(&prefix);
-            rec.extend_from_slice(itoa_u64(line.offset).as_bytes());
-            rec.extend_from_slice(b",\"timestamp\":\"");
-            let event_ts = line.event.and_then(|e| e.timestamp);
-            if let Some(t) = event_ts {
-                rec.extend_from_slice(humantime::format_rfc3339_nanos(t).to_string().as_bytes());
-                rec.extend_from_slice(b"\",\"observed_timestamp\":\"");
-            }
-            match &ts_cache {
-                Some((t, s)) if *t == line.read_at => rec.extend_from_slice(s.as_bytes()),
-                _ => {
-                    let s = humantime::format_rfc3339_micros(line.read_at).to_string();
-                    rec.extend_from_slice(s.as_bytes());
-                    ts_cache = Some((line.read_at, s));
+                rec.extend_from_slice(b",\"body\":");
+                record::push_json_str(&mut rec, &body);
+                if escaped {
+                    rec.extend_from_slice(b",\"body_encoding\":\"escaped\"");
                 }
-            }
-            rec.push(b'"');
-            if let Some(e) = line.event {
-                rec.extend_from_slice(b",\"attributes\":{\"log.iostream\":\"");
-                rec.extend_from_slice(e.iostream.as_str().as_bytes());
-                rec.extend_from_slice(b"\"}");
-            }
-            rec.extend_from_slice(b",\"body\":");
-            record::push_json_str(&mut rec, &body);
-            if escaped {
-                rec.extend_from_slice(b",\"body_encoding\":\"escaped\"");
-            }
-            if let Some((index, last)) = line.part {
-                rec.extend_from_slice(format!(",\"part\":{index},\"last_part\":{last}").as_bytes());
-            }
-            if format == Format::Json
-                && serde_json::from_str::<serde::de::IgnoredAny>(&body).is_err()
-            {
-                self.metrics.json_parse_errors.inc();
-                rec.extend_from_slice(b",\"json_error\":true");
-            }
-            if !line_counts.is_empty() {
-                rec.extend_from_slice(b",\"redactions\":{");
-                for (i, (det, n)) in line_counts.0.iter().enumerate() {
-                    if i > 0 {
-                        rec.push(b',');
+                if let Some((index, last)) = line.part {
+                    rec.extend_from_slice(
+                        format!(",\"part\":{index},\"last_part\":{last}").as_bytes(),
+                    );
+                }
+                if format == Format::Json
+                    && serde_json::from_str::<serde::de::IgnoredAny>(&body).is_err()
+                {
+                    self.metrics.json_parse_errors.inc();
+                    rec.extend_from_slice(b",\"json_error\":true");
+                }
+                if !line_counts.is_empty() {
+                    rec.extend_from_slice(b",\"redactions\":{");
+                    for (i, (det, n)) in line_counts.0.iter().enumerate() {
+                        if i > 0 {
+                            rec.push(b',');
+                        }
+                        record::push_json_str(&mut rec, self.redactor.kind(*det));
+                        rec.push(b':');
+                        rec.extend_from_slice(itoa_u64(u64::from(*n)).as_bytes());
+                        self.metrics
+                            .count_redaction(self.redactor.kind(*det), u64::from(*n));
                     }
-                    record::push_json_str(&mut rec, self.redactor.kind(*det));
-                    rec.push(b':');
-                    rec.extend_from_slice(itoa_u64(u64::from(*n)).as_bytes());
-                    self.metrics
-                        .count_redaction(self.redactor.kind(*det), u64::from(*n));
+                    rec.push(b'}');
                 }
-                rec.push(b'}');
+                rec.extend_from_slice(b"}\n");
             }
-            rec.extend_from_slice(b"}\n");
 
-            if !self.payload.is_empty()
-                && self.payload.len() + rec.len() > self.settings.batch_max_bytes
+            let max = self.settings.batch_max_bytes;
+            if (self.open[DEFAULT].would_overflow(rec.len(), max)
+                || self.open[LEGAL].would_overflow(legal.len(), max))
                 && !self.seal(hard_stop)?
             {
                 return Ok(false);
             }
             if self.opened.is_none() {
                 self.opened = Some(Instant::now());
-                self.first_ts = unix_nanos(line.read_at);
             }
-            self.payload.extend_from_slice(&rec);
-            self.records += 1;
-            self.last_ts = unix_nanos(line.read_at);
+            let ts = unix_nanos(line.read_at);
+            if !rec.is_empty() {
+                self.open[DEFAULT].push(&rec, ts);
+            }
+            // One legal record per matching exception; each ends with its newline.
+            for r in legal.split_inclusive(|&b| b == b'\n') {
+                self.open[LEGAL].push(r, ts);
+                self.metrics.legal_records.inc();
+            }
             let mut cp = chunk.checkpoint.clone();
             cp.offset = line.end;
             self.checkpoints.insert(cp.id, cp);
@@ -341,18 +439,31 @@ impl Pipeline {
         if self.opened.is_none() {
             return Ok(true);
         }
+        let max = self.settings.batch_max_bytes;
+        let streams = STREAMS
+            .iter()
+            .zip(self.open.iter_mut())
+            .map(|(stream, open)| {
+                // The default payload is almost always full-sized; the legal one rarely is.
+                let fresh = OpenStream {
+                    payload: Vec::with_capacity(if *stream == DEFAULT_STREAM { max } else { 0 }),
+                    ..OpenStream::default()
+                };
+                let o = std::mem::replace(open, fresh);
+                StreamBatch {
+                    stream,
+                    payload: o.payload,
+                    records: o.records,
+                    first_ts: o.first_ts,
+                    last_ts: o.last_ts,
+                }
+            })
+            .collect();
         let batch = Batch {
-            payload: std::mem::replace(
-                &mut self.payload,
-                Vec::with_capacity(self.settings.batch_max_bytes),
-            ),
-            records: self.records,
-            first_ts: self.first_ts,
-            last_ts: self.last_ts,
+            streams,
             checkpoints: self.checkpoints.drain().map(|(_, c)| c).collect(),
             forget: std::mem::take(&mut self.forget),
         };
-        self.records = 0;
         self.opened = None;
         let to_sealer = self.to_sealer.as_ref().expect("sealer running");
         Ok(to_sealer.send(batch).is_ok())

@@ -10,8 +10,66 @@
 //! [`decode_line`]); `part` and `last_part` for a line split at `max_line_bytes`;
 //! `json_error: true` for a line of a `json` source that did not parse; `redactions` when
 //! anything was redacted.
+//!
+//! A record on the `legal` stream (fields kept under a legal exception) carries no body:
+//!
+//! ```json
+//! {"host":"web-1","source":"billing","stream":"legal","path":"/var/log/billing.log",
+//!  "offset":812,"timestamp":"2026-12-03T18:07:14.123456Z","exception":"tax-invoice",
+//!  "legal_basis":"VAT Directive 2006/112/EC art. 244","purpose":"tax invoice",
+//!  "retention_days":3650,"key_id":"9f2c41d07a6b3e58","fields":["buyer.tax_id"],
+//!  "sealed":"<base64 sealed box>"}
+//! ```
+//! `fields` names the field paths inside `sealed` (names only, never values); `sealed`
+//! opens with the compliance secret key (`logveil reveal`) to `{field path: value}`.
 
+use crate::redact::legal::Exception;
 use std::borrow::Cow;
+
+/// What a legal-stream record says besides the chunk's common prefix.
+pub struct LegalTags<'a, F> {
+    pub offset: u64,
+    /// `,"timestamp":"…"` (and `observed_timestamp`), as in the line's default record.
+    pub times: &'a [u8],
+    pub exception: &'a Exception,
+    pub key_id: &'a str,
+    /// The field paths the sealed object holds.
+    pub fields: F,
+    /// Base64 of the sealed box.
+    pub sealed: &'a str,
+}
+
+/// Appends one legal-stream record (with its newline) to `out`. `prefix` is the chunk's
+/// `{"host":…,"source":…,"stream":"legal","path":…,"offset":` prefix.
+pub fn push_legal_record<'a>(
+    out: &mut Vec<u8>,
+    prefix: &[u8],
+    tags: &LegalTags<'a, impl Iterator<Item = &'a str> + Clone>,
+) {
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(tags.offset.to_string().as_bytes());
+    out.extend_from_slice(tags.times);
+    out.extend_from_slice(b",\"exception\":");
+    push_json_str(out, &tags.exception.name);
+    out.extend_from_slice(b",\"legal_basis\":");
+    push_json_str(out, &tags.exception.legal_basis);
+    out.extend_from_slice(b",\"purpose\":");
+    push_json_str(out, &tags.exception.purpose);
+    out.extend_from_slice(b",\"retention_days\":");
+    out.extend_from_slice(tags.exception.retention_days.to_string().as_bytes());
+    out.extend_from_slice(b",\"key_id\":");
+    push_json_str(out, tags.key_id);
+    out.extend_from_slice(b",\"fields\":[");
+    for (i, f) in tags.fields.clone().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_json_str(out, f);
+    }
+    out.extend_from_slice(b"],\"sealed\":");
+    push_json_str(out, tags.sealed);
+    out.extend_from_slice(b"}\n");
+}
 
 /// Turns a line's bytes into text. Valid UTF-8 is returned as is (borrowed). Otherwise
 /// every invalid byte becomes the four characters `\xNN` and every backslash is doubled, so

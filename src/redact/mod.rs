@@ -50,12 +50,17 @@
 //! # Policy hash
 //! SHA-256 over a canonical description of everything that decides the output (detectors
 //! and their patterns, field names, modes, allow-list, SQL fields, the pseudonymisation key
-//! id, the engine version). It goes into each batch header, so an archive shows which rules
-//! were in force.
+//! id, the engine version, the legal exceptions and the compliance key id). It goes into
+//! each batch header, so an archive shows which rules were in force.
+//!
+//! # Legal exceptions
+//! [`legal`] lifts the fields a declared legal obligation needs out of a matching raw record
+//! and seals them to the compliance key; the record itself is redacted here like any other.
 
 pub mod detectors;
 pub mod fields;
 pub mod json;
+pub mod legal;
 pub mod mask;
 pub mod prefilter;
 pub mod sql;
@@ -95,6 +100,8 @@ pub enum RedactError {
     BadMode { kind: String, error: String },
     #[error("hash mode needs redact.hash_key: {0}")]
     HashKey(String),
+    #[error(transparent)]
+    Exception(#[from] legal::LegalError),
 }
 
 fn detector_names() -> Vec<&'static str> {
@@ -206,6 +213,7 @@ pub struct Redactor {
     max_record_bytes: usize,
     mask_keep: usize,
     key: Option<PseudonymKey>,
+    exceptions: legal::Exceptions,
     policy_hash: [u8; 32],
 }
 
@@ -380,6 +388,9 @@ impl Redactor {
             "mask_keep\t{}\nmax_record_bytes\t{}\n",
             cfg.mask_keep, cfg.max_record_bytes
         ));
+        // Legal exceptions are part of the policy: an archive shows which were in force.
+        let exceptions = legal::Exceptions::from_config(cfg)?;
+        policy.push_str(&exceptions.policy());
 
         Ok(Redactor {
             kinds,
@@ -412,12 +423,18 @@ impl Redactor {
             max_record_bytes: cfg.max_record_bytes,
             mask_keep: cfg.mask_keep,
             key,
+            exceptions,
             policy_hash: crate::envelope::sha256(policy.as_bytes()),
         })
     }
 
     pub fn policy_hash(&self) -> [u8; 32] {
         self.policy_hash
+    }
+
+    /// The declared legal exceptions (see [`legal`]).
+    pub fn exceptions(&self) -> &legal::Exceptions {
+        &self.exceptions
     }
 
     /// The type name of type index `index`, as used in markers and counts.

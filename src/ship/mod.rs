@@ -1,5 +1,6 @@
-//! The shipper: sends buffered envelopes to the central store, oldest first, one at a time,
-//! and deletes each only after the store acknowledged it (the store answers 2xx only after
+//! The shipper: sends buffered envelopes to the central store one at a time, oldest first
+//! within each stream and taking the streams in turn (so a `default` backlog never holds
+//! back the `legal` stream), and deletes each only after the store acknowledged it (the store answers 2xx only after
 //! fsync). A batch is never dropped: transient failures retry forever (see [`retry`]); a
 //! misconfiguration keeps the batch and retries slowly; a batch the store refuses for good
 //! moves to the dead-letter tree and a signed tombstone takes its seq, so the chain goes on
@@ -74,9 +75,11 @@ impl Shipper {
         hard_stop: CancellationToken,
     ) -> Result<(), ShipError> {
         let mut attempt: u32 = 0;
+        // The stream of the last acknowledged batch: the next pick starts after it.
+        let mut last: Option<String> = None;
         loop {
             self.update_gauges();
-            let Some(stored) = self.buffer.oldest()? else {
+            let Some(stored) = self.buffer.next_batch(last.as_deref())? else {
                 if drained.is_cancelled() {
                     return Ok(());
                 }
@@ -101,6 +104,7 @@ impl Shipper {
                     self.metrics.batches_shipped.inc();
                     tracing::debug!(seq = stored.seq, stream = %stored.stream, "batch acknowledged");
                     attempt = 0;
+                    last = Some(stored.stream);
                     continue;
                 }
                 Verdict::Retry { after } => {

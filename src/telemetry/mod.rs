@@ -34,6 +34,8 @@ pub struct AgentMetrics {
     pub buffer_full_pauses: Counter,
     pub json_parse_errors: Counter,
     pub source_errors: Counter,
+    pub legal_records: Counter,
+    pub legal_records_too_large: Counter,
 }
 
 impl AgentMetrics {
@@ -109,6 +111,16 @@ impl AgentMetrics {
             "json_parse_errors",
             "Lines of json sources that did not parse",
             self.json_parse_errors.clone(),
+        );
+        r.register(
+            "legal_records",
+            "Records of fields kept under a legal exception, sealed to the compliance key",
+            self.legal_records.clone(),
+        );
+        r.register(
+            "legal_records_too_large",
+            "Legal-exception records not shipped because they exceed sink.batch_max_bytes",
+            self.legal_records_too_large.clone(),
         );
         r.register(
             "source_errors",
