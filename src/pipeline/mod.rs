@@ -292,6 +292,12 @@ impl Pipeline {
                 if let Ok(text) = std::str::from_utf8(&line.bytes) {
                     for lifted in exceptions.lift(&info.name, format, text) {
                         let Some(sealed) = exceptions.seal(&lifted) else {
+                            tracing::error!(
+                                source = %info.name,
+                                offset = line.offset,
+                                exception = %lifted.exception.name,
+                                "sealing the fields of a legal exception failed: not shipped"
+                            );
                             continue;
                         };
                         let start = legal.len();

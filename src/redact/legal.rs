@@ -688,6 +688,39 @@ mod tests {
     }
 
     #[test]
+    fn the_policy_hash_covers_every_exception_setting_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = config(dir.path(), vec![invoice_exception()]);
+        let hash = |cfg: &RedactConfig| {
+            crate::redact::Redactor::from_config(cfg)
+                .unwrap()
+                .policy_hash()
+        };
+        let h = hash(&base);
+        assert_eq!(h, hash(&base), "same config, same hash");
+        let none = RedactConfig::default();
+        assert_ne!(h, hash(&none));
+        let edits: Vec<Box<dyn Fn(&mut ExceptionConfig)>> = vec![
+            Box::new(|x| x.retention_days = 3651),
+            Box::new(|x| x.fields.pop().map(drop).unwrap_or_default()),
+            Box::new(|x| x.purpose = "audit".into()),
+            Box::new(|x| x.legal_basis = "another law".into()),
+            Box::new(|x| x.sources.clear()),
+            Box::new(|x| {
+                x.when.insert("status".into(), toml::Value::Integer(1));
+            }),
+        ];
+        for edit in edits {
+            let mut cfg = base.clone();
+            edit(&mut cfg.exceptions[0]);
+            assert_ne!(h, hash(&cfg));
+        }
+        // Another compliance key is another policy.
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(h, hash(&config(other.path(), vec![invoice_exception()])));
+    }
+
+    #[test]
     fn the_secret_key_file_is_private_and_keys_load_back() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
