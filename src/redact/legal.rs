@@ -700,15 +700,17 @@ mod tests {
         assert_eq!(h, hash(&base), "same config, same hash");
         let none = RedactConfig::default();
         assert_ne!(h, hash(&none));
-        let edits: Vec<Box<dyn Fn(&mut ExceptionConfig)>> = vec![
-            Box::new(|x| x.retention_days = 3651),
-            Box::new(|x| x.fields.pop().map(drop).unwrap_or_default()),
-            Box::new(|x| x.purpose = "audit".into()),
-            Box::new(|x| x.legal_basis = "another law".into()),
-            Box::new(|x| x.sources.clear()),
-            Box::new(|x| {
+        let edits: [fn(&mut ExceptionConfig); 6] = [
+            |x| x.retention_days = 3651,
+            |x| {
+                x.fields.pop();
+            },
+            |x| x.purpose = "audit".into(),
+            |x| x.legal_basis = "another law".into(),
+            |x| x.sources.clear(),
+            |x| {
                 x.when.insert("status".into(), toml::Value::Integer(1));
-            }),
+            },
         ];
         for edit in edits {
             let mut cfg = base.clone();
