@@ -481,11 +481,23 @@ impl Buffer {
         Ok(removed)
     }
 
-    /// Age of the oldest stored batch, from its header's first timestamp.
+    /// Age of the oldest stored batch of any stream, from its header's first timestamp.
     pub fn oldest_age(&self) -> Option<Duration> {
-        let stored = self.oldest().ok()??;
-        let env = crate::envelope::Envelope::decode(&stored.envelope).ok()?;
-        let first = env.header.first_ts_ns;
+        // The first batch of each stream, visiting the streams in turn until back at the
+        // start (bounded: the shipper may delete batches meanwhile).
+        let mut first: Option<i64> = None;
+        let mut at = self.next_batch(None).ok()??;
+        let start = at.stream.clone();
+        for _ in 0..64 {
+            let env = crate::envelope::Envelope::decode(&at.envelope).ok()?;
+            let ts = env.header.first_ts_ns;
+            first = Some(first.map_or(ts, |f| f.min(ts)));
+            at = self.next_batch(Some(&at.stream)).ok()??;
+            if at.stream == start {
+                break;
+            }
+        }
+        let first = first?;
         let now_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .ok()?
