@@ -125,7 +125,7 @@ fn world() -> World {
     keygen_compliance(&w, "other");
     w.agent_env = vec![("LOGVEIL_LOG".into(), "debug".into())];
     w.sources = format!(
-        "[[sources]]\nname = \"billing\"\ninclude = [\"{}/billing.log\"]\nformat = \"json\"\npoll_interval = \"200ms\"\n\n[[sources]]\nname = \"app\"\ninclude = [\"{}/app.log\"]\nformat = \"json\"\npoll_interval = \"200ms\"\n",
+        "[[sources]]\nname = \"billing\"\ninclude = [\"{}/billing.log\"]\nformat = \"json\"\npoll_interval = \"200ms\"\nmax_line_bytes = 2048\n\n[[sources]]\nname = \"app\"\ninclude = [\"{}/app.log\"]\nformat = \"json\"\npoll_interval = \"200ms\"\nmax_line_bytes = 2048\n",
         w.logs().display(),
         w.logs().display()
     );
@@ -450,4 +450,122 @@ fn validate_names_the_file_line_and_key_of_bad_exception_config() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("redact.compliance_key"), "{stderr}");
+}
+
+/// `archive cat` of an archive with a custody ledger, read (and recorded) as compliance.
+fn records_as_compliance(w: &World) -> Vec<Value> {
+    let out = Command::new(bin())
+        .args(["archive", "cat", "--archive"])
+        .arg(w.path("archive"))
+        .args([
+            "--who",
+            "dpo",
+            "--role",
+            "compliance",
+            "--reason",
+            "TAX-1",
+            "--record-with",
+        ])
+        .arg(w.path("keys/store.key"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn legal_batches_lost_from_the_buffer_are_declared_as_a_gap_of_the_legal_stream_only() {
+    let mut w = world();
+    let out = Command::new(bin())
+        .args(["keygen", "--name", "store", "--out"])
+        .arg(w.path("keys"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    w.receiver_extra = format!("store_key = \"{}\"\n", w.path("keys/store.key").display());
+    let telemetry = free_port();
+    w.agent_extra = format!(
+        "batch_max_bytes = 8192\n[telemetry]\nlisten = \"127.0.0.1:{telemetry}\"\n{}",
+        exception_config(&w)
+    );
+    // The store is down: batches of both streams pile up in the buffer.
+    let mut agent = w.start_agent();
+    let billing = w.logs().join("billing.log");
+    let total = 600;
+    let offsets = write_billing(&billing, 0, total);
+    let issued = offsets.iter().filter(|(i, _)| is_issued(*i)).count();
+    wait_until(LONG, "all lines read and sealed", || {
+        metric(telemetry, "logveil_agent_lines_read_total") == Some(total as f64)
+            && metric(telemetry, "logveil_agent_legal_records_total") == Some(issued as f64)
+    });
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(20)).success());
+    // The buffer loses the legal stream's two oldest batches.
+    let lost = {
+        let buffer =
+            logveil::buffer::Buffer::open(&w.path("data/buffer"), 1 << 20, 1 << 40).unwrap();
+        assert!(
+            buffer.chain_state("legal").unwrap().next_seq > 3,
+            "several legal batches"
+        );
+        let mut lost = 0;
+        for seq in 1..=2 {
+            let b = buffer.get("legal", seq).unwrap().unwrap();
+            let env = logveil::envelope::Envelope::decode(&b).unwrap();
+            assert_eq!(env.header.stream, "legal");
+            lost += env.header.record_count as usize;
+            buffer.ack("legal", seq).unwrap();
+        }
+        buffer.flush().unwrap();
+        lost
+    };
+    let _store = w.start_receiver();
+    let agent = w.start_agent();
+    let mut records = Vec::new();
+    wait_until(LONG, "every remaining record archived", || {
+        records = records_as_compliance(&w);
+        records.len() == total + issued - lost
+    });
+    assert_eq!(by_stream(&records, "default").len(), total);
+    assert_eq!(by_stream(&records, "legal").len(), issued - lost);
+    assert!(agent.log_text().contains("declaring the gap"));
+    let ledger = std::fs::read_to_string(w.path("archive/.custody/ledger.jsonl")).unwrap();
+    let gaps: Vec<&str> = ledger.lines().filter(|l| l.contains("\"gap\"")).collect();
+    assert!(!gaps.is_empty(), "the custody ledger records the gap");
+    assert!(
+        gaps.iter().all(|g| g.contains("\"stream\":\"legal\"")),
+        "{gaps:?}"
+    );
+    // An auditor does not see the legal stream at all.
+    let out = Command::new(bin())
+        .args(["archive", "cat", "--archive"])
+        .arg(w.path("archive"))
+        .args(["--who", "ops", "--reason", "AUDIT-1", "--record-with"])
+        .arg(w.path("keys/store.key"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("\"legal\""));
+    let verify = Command::new(bin())
+        .args(["verify", "--archive"])
+        .arg(w.path("archive"))
+        .arg("--keys")
+        .arg(w.path("trusted"))
+        .arg("--store-key")
+        .arg(w.path("keys/store.pub"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "a declared gap verifies: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }
