@@ -99,7 +99,10 @@ impl Source<'_> {
                 table = entry;
                 continue;
             }
-            let (key, value) = table.get_key_value(part)?;
+            // A key that is missing (a required one not given) points at its table.
+            let Some((key, value)) = table.get_key_value(part) else {
+                break;
+            };
             span = key.span().or(span);
             if let Some(array) = value.as_array_of_tables() {
                 pending = Some(array);

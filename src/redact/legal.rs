@@ -55,7 +55,8 @@ const SECRET_TAG: &str = "logveil-x25519-secret";
 pub enum LegalError {
     #[error("redact.compliance_key is required when an exception is declared")]
     NoComplianceKey,
-    #[error("compliance key {}: {message}", path.display())]
+    /// `message` names the file.
+    #[error("cannot use the compliance key: {message}")]
     ComplianceKey { path: PathBuf, message: String },
     #[error("exception {index}: {key}: {message}")]
     Invalid {
@@ -67,10 +68,11 @@ pub enum LegalError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
-    #[error("{}: {source}", path.display())]
+    // Not `source`: the message already says it, and anyhow would print it twice.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}: not a logveil {what} (expected one line `{tag} <base64>`)", path.display())]
     Format {
@@ -90,9 +92,9 @@ fn read_tagged(
     tag: &'static str,
     what: &'static str,
 ) -> Result<[u8; 32], KeyFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| KeyFileError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let bad = || KeyFileError::Format {
         path: path.to_path_buf(),
@@ -128,7 +130,7 @@ pub fn load_secret(path: &Path) -> Result<crypto_box::SecretKey, KeyFileError> {
 pub fn generate_pair(dir: &Path) -> Result<(PathBuf, PathBuf, String), KeyFileError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| KeyFileError::Io { path, source }
+        move |error| KeyFileError::Io { path, error }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let secret = crypto_box::SecretKey::generate(&mut rand::rngs::OsRng);
