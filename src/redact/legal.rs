@@ -745,6 +745,50 @@ mod tests {
         assert_ne!(h, hash(&config(other.path(), vec![invoice_exception()])));
     }
 
+    proptest::proptest! {
+        /// Whatever a line holds, lifting never panics and never keeps a field that is not
+        /// listed; a lifted JSON value is the record's own.
+        #[test]
+        fn lifting_keeps_only_listed_fields_of_any_line(
+            junk in "[ -~]{0,80}",
+            tax in "[A-Za-z0-9 \"\\=.]{0,20}",
+            event in proptest::sample::select(vec!["invoice.issued", "invoice.viewed"]),
+            extra in "[a-z_.]{1,12}",
+            json_line in proptest::bool::ANY,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut xc = invoice_exception();
+            xc.sources.clear();
+            let x = Exceptions::from_config(&config(dir.path(), vec![xc])).unwrap();
+            // Never one of the exception's own keys.
+            let extra = format!("x_{extra}");
+            let line = if json_line {
+                serde_json::json!({
+                    "event": event, "buyer": {"tax_id": tax}, extra.clone(): junk
+                })
+                .to_string()
+            } else {
+                format!("event={event} buyer.tax_id={tax:?} {extra}={junk:?} {junk}")
+            };
+            for format in [Format::Json, Format::Logfmt, Format::Auto, Format::Plain] {
+                for l in x.lift("s", format, &line) {
+                    for k in l.values.keys() {
+                        proptest::prop_assert!(l.exception.fields.contains(k));
+                    }
+                }
+                let _ = x.lift("s", format, &junk);
+            }
+            if json_line {
+                let lifted = x.lift("s", Format::Json, &line);
+                let issued = event == "invoice.issued";
+                proptest::prop_assert_eq!(lifted.len(), usize::from(issued));
+                if issued {
+                    proptest::prop_assert_eq!(&lifted[0].values["buyer.tax_id"], &Value::String(tax));
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_secret_key_file_is_private_and_keys_load_back() {
         use std::os::unix::fs::PermissionsExt;
