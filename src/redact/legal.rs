@@ -48,6 +48,10 @@ use std::path::{Path, PathBuf};
 /// The stream sealed exception fields are shipped on (readable by the compliance role only).
 pub const LEGAL_STREAM: &str = crate::access::LEGAL_STREAM;
 
+/// The redaction type of a field an exception lists that no other rule names: on the
+/// `default` stream it is masked like any PII field (`[REDACTED:legal_field]`).
+pub const FIELD_TYPE: &str = "legal_field";
+
 const PUBLIC_TAG: &str = "logveil-x25519";
 const SECRET_TAG: &str = "logveil-x25519-secret";
 
@@ -787,6 +791,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn listed_fields_are_redacted_on_default_even_when_no_other_rule_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut xc = invoice_exception();
+        xc.fields = vec!["order.customer_ref".into(), "lines.0".into()];
+        let red = crate::redact::Redactor::from_config(&config(dir.path(), vec![xc])).unwrap();
+        let mut counts = crate::redact::Counts::default();
+        let json = r#"{"event":"invoice.issued","order":{"customer_ref":"CR-7781"},"customer_ref":"CR-1"}"#;
+        let out = red
+            .redact_record(json, Format::Json, &mut counts, None)
+            .text;
+        assert!(!out.contains("CR-7781") && !out.contains("CR-1"), "{out}");
+        assert!(out.contains("[REDACTED:legal_field]"), "{out}");
+        let kv = "event=invoice.issued order.customer_ref=CR-7781 lines=3";
+        let out = red
+            .redact_record(kv, Format::Logfmt, &mut counts, None)
+            .text;
+        assert!(!out.contains("CR-7781"), "{out}");
+        // `lines.0` is an element of `lines`: the whole array is masked (fail closed).
+        assert!(out.contains("lines=[REDACTED:legal_field]"), "{out}");
+        // Without exceptions nothing changes.
+        let plain = crate::redact::Redactor::defaults();
+        assert!(plain
+            .redact_record(json, Format::Json, &mut counts, None)
+            .text
+            .contains("CR-7781"));
     }
 
     #[test]

@@ -321,6 +321,27 @@ impl Redactor {
             field_names.insert(fields::normalize(f), sql_field);
             policy.push_str(&format!("sql_field\t{f}\n"));
         }
+        // A field a legal exception keeps is PII by declaration: the `default` record must
+        // never hold it in clear, even where no other rule would mask it. Its last path
+        // segment names it in JSON, its whole dotted path as a key=value key.
+        let mut legal_hints = Vec::new();
+        for path in cfg.exceptions.iter().flat_map(|x| &x.fields) {
+            let last = path
+                .rsplit('.')
+                .find(|s| !s.is_empty() && !s.bytes().all(|b| b.is_ascii_digit()));
+            for name in [Some(path.as_str()), last].into_iter().flatten() {
+                let norm = fields::normalize(name);
+                if norm.is_empty()
+                    || field_names.contains_key(&norm)
+                    || fields::builtin_field_type(&norm).is_some()
+                {
+                    continue;
+                }
+                let kind = kind_of(&mut kinds, legal::FIELD_TYPE)?;
+                field_names.insert(norm, kind);
+                legal_hints.push(name.to_string());
+            }
+        }
 
         let mut allow = Vec::new();
         for (index, a) in cfg.allow.iter().enumerate() {
@@ -405,7 +426,8 @@ impl Redactor {
                         .iter()
                         .copied()
                         .chain(cfg.fields.iter().map(|f| f.name.as_str()))
-                        .chain(cfg.sql_fields.iter().map(String::as_str)),
+                        .chain(cfg.sql_fields.iter().map(String::as_str))
+                        .chain(legal_hints.iter().map(String::as_str)),
                 )
                 .expect("hints compile"),
             sql_hints: AhoCorasick::builder()
