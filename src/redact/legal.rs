@@ -24,7 +24,9 @@
 //! The sealed plaintext is a JSON object `{field path: value}` holding only the listed
 //! fields present in the record (a JSON value kept whole, objects and arrays included; a
 //! logfmt value as a string). A listed field the record lacks is left out; a matching record
-//! that holds none of the listed fields gives nothing to keep, so no legal record.
+//! that holds none of the listed fields gives nothing to keep, so no legal record. Every listed
+//! field is also a PII field name of the redaction engine ([`FIELD_TYPE`] unless already
+//! typed), so the `default` record never holds it in clear, matched or not.
 //!
 //! # Sealing
 //! An anonymous sealed box (`crypto_box`, libsodium's `crypto_box_seal`): an ephemeral
