@@ -165,6 +165,13 @@ impl ReceiverConfig {
             if ret.sweep_interval < Duration::from_secs(1) {
                 return Err(src.error("receiver.retention.sweep_interval", "must be at least 1s"));
             }
+            if ret.retention_days.contains_key(crate::access::LEGAL_STREAM) {
+                return Err(src.error(
+                    "receiver.retention.retention_days.legal",
+                    "the legal stream's retention comes from each legal exception's \
+                     retention_days (carried by its records); remove this key",
+                ));
+            }
             for (stream, days) in &ret.retention_days {
                 if *days == 0 {
                     return Err(src.error(
@@ -175,5 +182,25 @@ impl ReceiverConfig {
             }
         }
         Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_legal_stream_takes_no_configured_retention() {
+        let text = "[receiver]\nlisten = \"127.0.0.1:1\"\narchive_dir = \"/a\"\ntrusted_keys_dir = \"/k\"\nstore_key = \"/s\"\n[receiver.retention]\nretention_days = { default = 30, legal = 365 }\n";
+        let err = ReceiverConfig::from_text(Path::new("store.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store.toml"), "{err}");
+        assert!(
+            err.contains("receiver.retention.retention_days.legal"),
+            "{err}"
+        );
+        let ok = text.replace(", legal = 365", "");
+        ReceiverConfig::from_text(Path::new("store.toml"), &ok).unwrap();
     }
 }

@@ -12,13 +12,21 @@
 //!   next sweep removes (recording them again). `logveil verify` accepts batches missing
 //!   under a `retention_deleted` entry, and a chain whose first remaining batch follows
 //!   deleted ones.
+//! - The `legal` stream is the exception: its retention is not configured per stream but
+//!   comes from the legal exceptions that produced its records. Each legal record carries
+//!   its exception's `retention_days`; a day of a legal chain expires only once the longest
+//!   `retention_days` of any record in it has passed. A day whose batches cannot be read, or
+//!   that holds a record without a `retention_days`, is kept (and logged): the store never
+//!   deletes evidence it cannot prove has expired.
 //! - Temp files of writes in progress are never in an expired day (writes go to today).
 //! - The sweep runs at start and then every `sweep_interval`, off the async executor; an
 //!   error is logged (ERROR: retention is an operator's promise) and the next sweep retries.
 
+use crate::access::LEGAL_STREAM;
 use crate::archive::{self, ArchiveError};
 use crate::config::ReceiverRetention;
 use crate::custody::{ChainRef, Event, Ledger, LedgerError};
+use crate::envelope::{Envelope, Kind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -54,10 +62,18 @@ pub fn sweep(
     let listing = archive::list(root)?;
     let mut removed = 0;
     for chain in &listing.chains {
-        let Some(days) = policy.days_for(&chain.stream) else {
-            continue;
+        let legal = chain.stream == LEGAL_STREAM;
+        // The legal stream's retention comes from its records, never from the config.
+        let configured = if legal {
+            None
+        } else {
+            policy.days_for(&chain.stream)
         };
-        let keep_from = oldest_kept_day(now_secs, days);
+        if !legal && configured.is_none() {
+            continue;
+        }
+        // No record keeps less than a day: younger days are never candidates.
+        let youngest_candidate = oldest_kept_day(now_secs, configured.unwrap_or(1));
         for dir in &chain.dirs {
             let Some(day) = dir
                 .parent()
@@ -66,11 +82,25 @@ pub fn sweep(
             else {
                 continue;
             };
-            if day >= keep_from {
+            if day >= youngest_candidate {
                 continue;
             }
             let files: Vec<&archive::BatchFile> =
                 chain.batches.iter().filter(|b| b.day == day).collect();
+            let days = if legal {
+                match legal_retention(&files) {
+                    Ok(days) => days,
+                    Err(why) => {
+                        tracing::warn!(chain = %chain.label(), day = %day, reason = %why, "legal stream day kept: its retention cannot be read from its records");
+                        continue;
+                    }
+                }
+            } else {
+                configured.expect("checked above")
+            };
+            if day >= oldest_kept_day(now_secs, days) {
+                continue;
+            }
             let (first_seq, last_seq) = match (files.first(), files.last()) {
                 (Some(f), Some(l)) => (f.seq, l.seq),
                 _ => (0, 0),
@@ -103,6 +133,40 @@ pub fn sweep(
         }
     }
     Ok(removed)
+}
+
+/// The retention of one day of a legal chain: the longest `retention_days` of any record
+/// in its batches (tombstones hold none). An error names what could not be read.
+fn legal_retention(files: &[&archive::BatchFile]) -> Result<u64, String> {
+    let mut days = 0u64;
+    for file in files {
+        let bytes = std::fs::read(&file.path)
+            .map_err(|e| format!("cannot read {}: {e}", file.path.display()))?;
+        let env = Envelope::decode(&bytes).map_err(|e| format!("{}: {e}", file.path.display()))?;
+        if env.header.kind != Kind::Data {
+            continue;
+        }
+        let payload = env
+            .decompress(env.header.decompressed_len)
+            .map_err(|e| format!("{}: {e}", file.path.display()))?;
+        for (n, line) in payload.split(|&b| b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let record_days = serde_json::from_slice::<serde_json::Value>(line)
+                .ok()
+                .and_then(|r| r.get("retention_days").and_then(serde_json::Value::as_u64))
+                .ok_or_else(|| {
+                    format!(
+                        "{}: record {} has no retention_days",
+                        file.path.display(),
+                        n + 1
+                    )
+                })?;
+            days = days.max(record_days);
+        }
+    }
+    Ok(days.max(1))
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RetentionError + 'a {
@@ -236,5 +300,68 @@ mod tests {
             })
             .collect();
         assert_eq!(deleted, [(1, 2, 2, 2)]);
+    }
+
+    /// Seals the next batch of `chain` over the given JSON records and writes it.
+    fn write_records(root: &Path, chain: &mut Chain, records: &[serde_json::Value]) -> PathBuf {
+        let mut raw = Vec::new();
+        for r in records {
+            raw.extend_from_slice(r.to_string().as_bytes());
+            raw.push(b'\n');
+        }
+        let bytes = chain.data_over(&raw, records.len() as u64);
+        chain.advance(&bytes);
+        write_archive_file(root, &bytes)
+    }
+
+    #[test]
+    fn the_legal_stream_keeps_each_day_for_its_longest_exception_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let key = crate::envelope::keys::generate();
+        let (ledger, _) = Ledger::open(root, key.clone()).unwrap();
+        let mut legal = Chain::new("web-1", "legal", [1; 16]);
+        let invoice = serde_json::json!({"exception": "tax-invoice", "retention_days": 10});
+        let evidence = serde_json::json!({"exception": "evidence", "retention_days": 5});
+        let b1 = write_records(root, &mut legal, &[evidence.clone()]);
+        let b2 = write_records(root, &mut legal, &[invoice, evidence]);
+        // A legal chain of another host whose record has lost its tag: never deleted.
+        let mut untagged = Chain::new("web-2", "legal", [2; 16]);
+        let kept = write_records(
+            root,
+            &mut untagged,
+            &[serde_json::json!({"exception": "x"})],
+        );
+        // A configured "*" does not reach the legal stream.
+        let policy = ReceiverRetention {
+            sweep_interval: std::time::Duration::from_secs(60),
+            retention_days: [("*".to_string(), 1)].into_iter().collect(),
+        };
+        let now = archive::parse_day(&archive::today()).unwrap();
+        // Past the 5 days of one record but not the 10 of the other in the same day: kept.
+        assert_eq!(sweep(root, &policy, &ledger, now + 7 * 86_400).unwrap(), 0);
+        assert!(b1.exists() && b2.exists());
+        assert_eq!(sweep(root, &policy, &ledger, now + 12 * 86_400).unwrap(), 1);
+        assert!(!b1.exists() && !b2.exists());
+        assert!(kept.exists());
+        let report = crate::custody::read(
+            &crate::custody::ledger_path(root),
+            Some(&key.verifying_key()),
+        )
+        .unwrap();
+        let applied: Vec<_> = report
+            .entries
+            .iter()
+            .filter_map(|(_, e)| match &e.event {
+                Event::RetentionDeleted {
+                    chain,
+                    retention_days,
+                    files,
+                    ..
+                } => Some((chain.stream.clone(), *retention_days, *files)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(applied, [("legal".to_string(), 10, 2)]);
     }
 }
