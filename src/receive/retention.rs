@@ -323,7 +323,7 @@ mod tests {
         let mut legal = Chain::new("web-1", "legal", [1; 16]);
         let invoice = serde_json::json!({"exception": "tax-invoice", "retention_days": 10});
         let evidence = serde_json::json!({"exception": "evidence", "retention_days": 5});
-        let b1 = write_records(root, &mut legal, &[evidence.clone()]);
+        let b1 = write_records(root, &mut legal, std::slice::from_ref(&evidence));
         let b2 = write_records(root, &mut legal, &[invoice, evidence]);
         // A legal chain of another host whose record has lost its tag: never deleted.
         let mut untagged = Chain::new("web-2", "legal", [2; 16]);
