@@ -141,6 +141,11 @@ async fn run_async(
         batch_max_bytes: cfg.sink.batch_max_bytes,
         batch_max_wait: cfg.sink.batch_max_wait,
         compression_level: cfg.sink.compression_level,
+        redact_threads: cfg.agent.redact_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get().min(4))
+                .unwrap_or(1)
+        }),
     };
     let pipeline = Pipeline::new(settings, redactor, key, buffer.clone(), metrics.clone())?;
     let (pipe_done_tx, mut pipe_done) = tokio::sync::oneshot::channel();

@@ -30,6 +30,8 @@ pub struct AgentSection {
     /// How long SIGTERM may take to seal, persist and ship before the agent exits.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
+    /// Threads that redact records (order is kept). Default: the number of CPUs, at most 4.
+    pub redact_threads: Option<usize>,
 }
 
 fn default_shutdown_timeout() -> Duration {
@@ -447,6 +449,9 @@ impl AgentConfig {
                 "agent.host_id",
                 format!("`{host}` is not a valid host id: use letters, digits, '.', '_' and '-', not starting with '.'"),
             ));
+        }
+        if self.agent.redact_threads.is_some_and(|n| n == 0 || n > 64) {
+            return Err(src.error("agent.redact_threads", "must be between 1 and 64"));
         }
         if self.sources.is_empty() {
             return Err(src.error("sources", "at least one [[sources]] table is required"));

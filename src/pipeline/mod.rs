@@ -2,7 +2,10 @@
 //! bounded by bytes and by time, and seals each batch into the buffer.
 //!
 //! Runs on its own thread. For every line: decode (see [`record::decode_line`]), redact,
-//! append one JSON record to the open batch. A batch is sealed when the next record would
+//! append one JSON record to the open batch. Redaction is the costly step, so the lines of
+//! a chunk are rendered on a pool of `agent.redact_threads` workers (rayon), collected in
+//! their order, then appended to the batch one by one on this thread: records, batches and
+//! checkpoints stay in file order whatever the number of workers. A batch is sealed when the next record would
 //! push its payload past `batch_max_bytes`, when `batch_max_wait` has passed since its first
 //! record, or when the source has stopped (shutdown). Sealing = zstd-compress, build and sign
 //! the envelope, wait for buffer space (this wait is what pauses reading when the buffer is
@@ -33,10 +36,11 @@ use crate::buffer::Buffer;
 use crate::config::Format;
 use crate::envelope;
 use crate::redact::{Counts, Redactor};
-use crate::source::{Checkpoint, Chunk, FileId};
+use crate::source::{Checkpoint, Chunk, FileId, Line};
 use crate::telemetry::AgentMetrics;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use ed25519_dalek::SigningKey;
+use rayon::prelude::*;
 use seal::{Batch, Sealer, StreamBatch};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -80,7 +84,7 @@ impl OpenStream {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("cannot start the sealer thread: {0}")]
+    #[error("cannot start a pipeline thread: {0}")]
     Thread(std::io::Error),
     #[error("the sealer thread panicked")]
     SealerPanicked,
@@ -103,12 +107,20 @@ pub struct Settings {
     pub batch_max_bytes: usize,
     pub batch_max_wait: Duration,
     pub compression_level: i32,
+    /// Redaction worker threads; 1: redact on the pipeline thread.
+    pub redact_threads: usize,
 }
+
+/// Chunks with fewer lines are redacted on the pipeline thread: sharing them costs more
+/// than it saves.
+const PARALLEL_MIN_LINES: usize = 32;
 
 pub struct Pipeline {
     settings: Settings,
     redactor: Arc<Redactor>,
     metrics: AgentMetrics,
+    /// Redaction workers (records keep their order); none with `redact_threads = 1`.
+    workers: Option<rayon::ThreadPool>,
     /// Taken by `run`, which starts it on its own thread.
     sealer: Option<Sealer>,
     /// To the sealer thread, while `run` is running.
@@ -153,7 +165,18 @@ impl Pipeline {
         };
         let mut open: [OpenStream; 2] = Default::default();
         open[DEFAULT].payload = Vec::with_capacity(settings.batch_max_bytes);
+        let workers = if settings.redact_threads > 1 {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(settings.redact_threads)
+                .thread_name(|i| format!("logveil-redact-{i}"))
+                .build()
+                .map_err(|e| PipelineError::Thread(std::io::Error::other(e)))?
+                .into()
+        } else {
+            None
+        };
         Ok(Pipeline {
+            workers,
             open,
             settings,
             redactor,
@@ -230,167 +253,8 @@ impl Pipeline {
         chunk: Chunk,
         hard_stop: &CancellationToken,
     ) -> Result<bool, PipelineError> {
-        let info = self.settings.sources[chunk.source].clone();
-        // File names can hold PII too (per-customer exports): the path is redacted like a line.
-        let path = chunk.path.to_string_lossy();
-        let path = self.redactor.redact(&path, &mut Counts::default());
-        // The part of every record of a stream that is the same for the whole chunk.
-        let prefix_of = |stream: &str| {
-            let mut prefix = Vec::with_capacity(128);
-            prefix.extend_from_slice(b"{\"host\":");
-            record::push_json_str(&mut prefix, &self.settings.host_id);
-            prefix.extend_from_slice(b",\"source\":");
-            record::push_json_str(&mut prefix, &info.name);
-            prefix.extend_from_slice(b",\"stream\":");
-            record::push_json_str(&mut prefix, stream);
-            prefix.extend_from_slice(b",\"path\":");
-            record::push_json_str(&mut prefix, &path);
-            prefix.extend_from_slice(b",\"offset\":");
-            prefix
-        };
-        let prefix = prefix_of(DEFAULT_STREAM);
-        let format = info.format;
-
-        let redactor = self.redactor.clone();
-        let exceptions = redactor.exceptions();
-        let lift = exceptions.applies_to(&info.name);
-        let legal_prefix = if lift {
-            prefix_of(LEGAL_STREAM)
-        } else {
-            Vec::new()
-        };
-        let mut rec = Vec::with_capacity(512);
-        let mut legal: Vec<u8> = Vec::new();
-        let mut times = Vec::with_capacity(96);
-        let mut line_counts = Counts::default();
-        let mut ts_cache: Option<(SystemTime, String)> = None;
-        for line in &chunk.lines {
-            rec.clear();
-            legal.clear();
-            times.clear();
-            line_counts.clear();
-            // `"timestamp":"…"` and, for an event time, `"observed_timestamp":"…"`.
-            times.extend_from_slice(b",\"timestamp\":\"");
-            let event_ts = line.event.and_then(|e| e.timestamp);
-            if let Some(t) = event_ts {
-                times.extend_from_slice(humantime::format_rfc3339_nanos(t).to_string().as_bytes());
-                times.extend_from_slice(b"\",\"observed_timestamp\":\"");
-            }
-            match &ts_cache {
-                Some((t, s)) if *t == line.read_at => times.extend_from_slice(s.as_bytes()),
-                _ => {
-                    let s = humantime::format_rfc3339_micros(line.read_at).to_string();
-                    times.extend_from_slice(s.as_bytes());
-                    ts_cache = Some((line.read_at, s));
-                }
-            }
-            times.push(b'"');
-
-            // Legal exceptions: lift and seal their fields from the raw line, before
-            // redaction. Whole lines only (a part of a split line is no record).
-            if lift && line.part.is_none() {
-                if let Ok(text) = std::str::from_utf8(&line.bytes) {
-                    for lifted in exceptions.lift(&info.name, format, text) {
-                        let Some(sealed) = exceptions.seal(&lifted) else {
-                            tracing::error!(
-                                source = %info.name,
-                                offset = line.offset,
-                                exception = %lifted.exception.name,
-                                "sealing the fields of a legal exception failed: not shipped"
-                            );
-                            continue;
-                        };
-                        let start = legal.len();
-                        record::push_legal_record(
-                            &mut legal,
-                            &legal_prefix,
-                            &record::LegalTags {
-                                offset: line.offset,
-                                times: &times,
-                                exception: lifted.exception,
-                                key_id: exceptions.key_id().unwrap_or_default(),
-                                fields: lifted.values.keys().map(String::as_str),
-                                sealed: &sealed,
-                            },
-                        );
-                        if legal.len() - start > self.settings.batch_max_bytes {
-                            // Cannot fit any batch; the store would refuse it.
-                            legal.truncate(start);
-                            self.metrics.legal_records_too_large.inc();
-                            tracing::error!(
-                                source = %info.name,
-                                offset = line.offset,
-                                exception = %lifted.exception.name,
-                                "the sealed fields of a legal exception exceed sink.batch_max_bytes: not shipped"
-                            );
-                        }
-                    }
-                }
-            }
-
-            let redactor = &self.redactor;
-            let (mut unscannable, mut dropped) = (false, false);
-            let (body, escaped) = record::redact_line(&line.bytes, |t| {
-                let red = redactor.redact_record(t, format, &mut line_counts, None);
-                unscannable |= red.unscannable;
-                dropped |= red.dropped;
-                red.text
-            });
-            if unscannable {
-                tracing::warn!(
-                    source = %info.name,
-                    offset = line.offset,
-                    "record could not be scanned for PII: shipped masked whole"
-                );
-            }
-            if dropped {
-                // drop_record: nothing is shipped on `default`, but the line counts as read.
-                for (det, n) in &line_counts.0 {
-                    self.metrics
-                        .count_redaction(self.redactor.kind(*det), u64::from(*n));
-                }
-            } else {
-                rec.extend_from_slice(&prefix);
-                rec.extend_from_slice(itoa_u64(line.offset).as_bytes());
-                rec.extend_from_slice(&times);
-                if let Some(e) = line.event {
-                    rec.extend_from_slice(b",\"attributes\":{\"log.iostream\":\"");
-                    rec.extend_from_slice(e.iostream.as_str().as_bytes());
-                    rec.extend_from_slice(b"\"}");
-                }
-                rec.extend_from_slice(b",\"body\":");
-                record::push_json_str(&mut rec, &body);
-                if escaped {
-                    rec.extend_from_slice(b",\"body_encoding\":\"escaped\"");
-                }
-                if let Some((index, last)) = line.part {
-                    rec.extend_from_slice(
-                        format!(",\"part\":{index},\"last_part\":{last}").as_bytes(),
-                    );
-                }
-                if format == Format::Json
-                    && serde_json::from_str::<serde::de::IgnoredAny>(&body).is_err()
-                {
-                    self.metrics.json_parse_errors.inc();
-                    rec.extend_from_slice(b",\"json_error\":true");
-                }
-                if !line_counts.is_empty() {
-                    rec.extend_from_slice(b",\"redactions\":{");
-                    for (i, (det, n)) in line_counts.0.iter().enumerate() {
-                        if i > 0 {
-                            rec.push(b',');
-                        }
-                        record::push_json_str(&mut rec, self.redactor.kind(*det));
-                        rec.push(b':');
-                        rec.extend_from_slice(itoa_u64(u64::from(*n)).as_bytes());
-                        self.metrics
-                            .count_redaction(self.redactor.kind(*det), u64::from(*n));
-                    }
-                    rec.push(b'}');
-                }
-                rec.extend_from_slice(b"}\n");
-            }
-
+        let rendered = self.render_chunk(&chunk);
+        for (line, Rendered { rec, legal }) in chunk.lines.iter().zip(rendered) {
             let max = self.settings.batch_max_bytes;
             if (self.open[DEFAULT].would_overflow(rec.len(), max)
                 || self.open[LEGAL].would_overflow(legal.len(), max))
@@ -439,6 +303,55 @@ impl Pipeline {
         Ok(true)
     }
 
+    /// Redacts and renders every line of `chunk`, in order: on the redaction workers when
+    /// the chunk is big enough to share, else on this thread.
+    fn render_chunk(&self, chunk: &Chunk) -> Vec<Rendered> {
+        let info = &self.settings.sources[chunk.source];
+        // File names can hold PII too (per-customer exports): the path is redacted like a line.
+        let path = chunk.path.to_string_lossy();
+        let path = self.redactor.redact(&path, &mut Counts::default());
+        // The part of every record of a stream that is the same for the whole chunk.
+        let prefix_of = |stream: &str| {
+            let mut prefix = Vec::with_capacity(128);
+            prefix.extend_from_slice(b"{\"host\":");
+            record::push_json_str(&mut prefix, &self.settings.host_id);
+            prefix.extend_from_slice(b",\"source\":");
+            record::push_json_str(&mut prefix, &info.name);
+            prefix.extend_from_slice(b",\"stream\":");
+            record::push_json_str(&mut prefix, stream);
+            prefix.extend_from_slice(b",\"path\":");
+            record::push_json_str(&mut prefix, &path);
+            prefix.extend_from_slice(b",\"offset\":");
+            prefix
+        };
+        let lift = self.redactor.exceptions().applies_to(&info.name);
+        let render = Render {
+            redactor: &self.redactor,
+            metrics: &self.metrics,
+            source: &info.name,
+            format: info.format,
+            prefix: prefix_of(DEFAULT_STREAM),
+            legal_prefix: if lift {
+                prefix_of(LEGAL_STREAM)
+            } else {
+                Vec::new()
+            },
+            lift,
+            batch_max_bytes: self.settings.batch_max_bytes,
+        };
+        match &self.workers {
+            Some(pool) if chunk.lines.len() >= PARALLEL_MIN_LINES => pool.install(|| {
+                chunk
+                    .lines
+                    .par_iter()
+                    .with_min_len(PARALLEL_MIN_LINES / 2)
+                    .map(|line| render.line(line))
+                    .collect()
+            }),
+            _ => chunk.lines.iter().map(|line| render.line(line)).collect(),
+        }
+    }
+
     /// Hands the open batch (if any) to the sealer. Returns false when the sealer has
     /// stopped (a hard stop interrupted its wait for buffer space).
     fn seal(&mut self, _hard_stop: &CancellationToken) -> Result<bool, PipelineError> {
@@ -473,6 +386,151 @@ impl Pipeline {
         self.opened = None;
         let to_sealer = self.to_sealer.as_ref().expect("sealer running");
         Ok(to_sealer.send(batch).is_ok())
+    }
+}
+
+/// A line made ready for the open batch: its `default` record (empty when dropped) and its
+/// `legal` records (each ending with a newline; usually none).
+struct Rendered {
+    rec: Vec<u8>,
+    legal: Vec<u8>,
+}
+
+/// What rendering the lines of one chunk needs; shared by the redaction workers.
+struct Render<'a> {
+    redactor: &'a Redactor,
+    metrics: &'a AgentMetrics,
+    source: &'a str,
+    format: Format,
+    prefix: Vec<u8>,
+    legal_prefix: Vec<u8>,
+    lift: bool,
+    batch_max_bytes: usize,
+}
+
+impl Render<'_> {
+    /// Lifts legal-exception fields (sealed), redacts, and renders one line's records.
+    /// Nothing unredacted is in what it returns.
+    fn line(&self, line: &Line) -> Rendered {
+        let format = self.format;
+        let mut rec = Vec::with_capacity(self.prefix.len() + line.bytes.len() + 192);
+        let mut legal: Vec<u8> = Vec::new();
+        let mut line_counts = Counts::default();
+        // `"timestamp":"…"` and, for an event time, `"observed_timestamp":"…"`.
+        let mut times = Vec::with_capacity(96);
+        times.extend_from_slice(b",\"timestamp\":\"");
+        let event_ts = line.event.and_then(|e| e.timestamp);
+        if let Some(t) = event_ts {
+            times.extend_from_slice(humantime::format_rfc3339_nanos(t).to_string().as_bytes());
+            times.extend_from_slice(b"\",\"observed_timestamp\":\"");
+        }
+        times.extend_from_slice(
+            humantime::format_rfc3339_micros(line.read_at)
+                .to_string()
+                .as_bytes(),
+        );
+        times.push(b'"');
+
+        // Legal exceptions: lift and seal their fields from the raw line, before
+        // redaction. Whole lines only (a part of a split line is no record).
+        if self.lift && line.part.is_none() {
+            if let Ok(text) = std::str::from_utf8(&line.bytes) {
+                let exceptions = self.redactor.exceptions();
+                for lifted in exceptions.lift(self.source, format, text) {
+                    let Some(sealed) = exceptions.seal(&lifted) else {
+                        tracing::error!(
+                            source = %self.source,
+                            offset = line.offset,
+                            exception = %lifted.exception.name,
+                            "sealing the fields of a legal exception failed: not shipped"
+                        );
+                        continue;
+                    };
+                    let start = legal.len();
+                    record::push_legal_record(
+                        &mut legal,
+                        &self.legal_prefix,
+                        &record::LegalTags {
+                            offset: line.offset,
+                            times: &times,
+                            exception: lifted.exception,
+                            key_id: exceptions.key_id().unwrap_or_default(),
+                            fields: lifted.values.keys().map(String::as_str),
+                            sealed: &sealed,
+                        },
+                    );
+                    if legal.len() - start > self.batch_max_bytes {
+                        // Cannot fit any batch; the store would refuse it.
+                        legal.truncate(start);
+                        self.metrics.legal_records_too_large.inc();
+                        tracing::error!(
+                            source = %self.source,
+                            offset = line.offset,
+                            exception = %lifted.exception.name,
+                            "the sealed fields of a legal exception exceed sink.batch_max_bytes: not shipped"
+                        );
+                    }
+                }
+            }
+        }
+
+        let redactor = self.redactor;
+        let (mut unscannable, mut dropped) = (false, false);
+        let (body, escaped) = record::redact_line(&line.bytes, |t| {
+            let red = redactor.redact_record(t, format, &mut line_counts, None);
+            unscannable |= red.unscannable;
+            dropped |= red.dropped;
+            red.text
+        });
+        if unscannable {
+            tracing::warn!(
+                source = %self.source,
+                offset = line.offset,
+                "record could not be scanned for PII: shipped masked whole"
+            );
+        }
+        for (det, n) in &line_counts.0 {
+            self.metrics
+                .count_redaction(redactor.kind(*det), u64::from(*n));
+        }
+        if dropped {
+            // drop_record: nothing is shipped on `default`, but the line counts as read.
+            return Rendered { rec, legal };
+        }
+        rec.extend_from_slice(&self.prefix);
+        rec.extend_from_slice(itoa_u64(line.offset).as_bytes());
+        rec.extend_from_slice(&times);
+        if let Some(e) = line.event {
+            rec.extend_from_slice(b",\"attributes\":{\"log.iostream\":\"");
+            rec.extend_from_slice(e.iostream.as_str().as_bytes());
+            rec.extend_from_slice(b"\"}");
+        }
+        rec.extend_from_slice(b",\"body\":");
+        record::push_json_str(&mut rec, &body);
+        if escaped {
+            rec.extend_from_slice(b",\"body_encoding\":\"escaped\"");
+        }
+        if let Some((index, last)) = line.part {
+            rec.extend_from_slice(format!(",\"part\":{index},\"last_part\":{last}").as_bytes());
+        }
+        if format == Format::Json && serde_json::from_str::<serde::de::IgnoredAny>(&body).is_err() {
+            self.metrics.json_parse_errors.inc();
+            rec.extend_from_slice(b",\"json_error\":true");
+        }
+        if !line_counts.is_empty() {
+            rec.extend_from_slice(b",\"redactions\":{");
+            for (i, (det, n)) in line_counts.0.iter().enumerate() {
+                if i > 0 {
+                    rec.push(b',');
+                }
+                record::push_json_str(&mut rec, redactor.kind(*det));
+                rec.push(b':');
+                rec.extend_from_slice(itoa_u64(u64::from(*n)).as_bytes());
+            }
+            rec.push(b'}');
+        }
+        rec.extend_from_slice(b"}\n");
+        Rendered { rec, legal }
     }
 }
 
