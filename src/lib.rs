@@ -18,6 +18,7 @@ pub mod envelope;
 pub mod pipeline;
 pub mod receive;
 pub mod redact;
+pub mod s3;
 pub mod ship;
 pub mod source;
 pub mod telemetry;

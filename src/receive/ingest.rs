@@ -292,43 +292,82 @@ impl<A: ArchiveBackend> Ingest<A> {
         };
         let lock = self.chain_lock(&key);
         let mut tip = lock.lock().await;
-        match decide(*tip, h.seq, &h.prev_hash) {
-            Decision::Store => {
-                let day = self
-                    .archive
-                    .put(&key, h.seq, batch.bytes.clone())
-                    .await
-                    .map_err(InternalError::from)?;
-                if let Some(ledger) = &self.ledger {
-                    let event = accepted_event(&key, &batch, day, false);
-                    ledger.record(event).await.map_err(InternalError::from)?;
+        // On a shared backend another instance may have moved the chain on: a batch that
+        // looks ahead of our tip, or a seq taken under our feet, is checked against the
+        // backend's tip once before it is refused.
+        let mut refreshed = false;
+        loop {
+            let decision = decide(*tip, h.seq, &h.prev_hash);
+            let stale = match &decision {
+                Decision::Reject(Rejection::SeqGap { seq, expected_seq }) => seq > expected_seq,
+                _ => false,
+            };
+            if stale && !refreshed {
+                refreshed = true;
+                if self.refresh_tip(&key, &mut tip).await? {
+                    continue;
                 }
-                *tip = Some(Tip {
-                    seq: h.seq,
-                    link: batch.link,
-                });
-                self.metrics.batches_accepted.inc();
-                self.metrics.records_accepted.inc_by(batch.records);
-                self.metrics.bytes_accepted.inc_by(batch.bytes.len() as u64);
-                tracing::debug!(host = %h.host_id, stream = %h.stream, seq = h.seq, records = batch.records, "batch stored");
-                Ok(Accepted::Stored { seq: h.seq })
             }
-            Decision::CompareStored => {
-                let current = tip.expect("CompareStored implies a tip");
-                let stored = self
-                    .archive
-                    .get(&key, h.seq)
-                    .await
-                    .map_err(InternalError::from)?;
-                resolve_stored(
-                    current,
-                    h.seq,
-                    stored.as_ref().map(|(_, b)| b.as_slice()),
-                    &batch.bytes,
-                )?;
-                Ok(Accepted::Duplicate { seq: h.seq })
+            return match decision {
+                Decision::Store => {
+                    let day = match self.archive.put(&key, h.seq, batch.bytes.clone()).await {
+                        Ok(day) => day,
+                        Err(StoreError::AlreadyStored { .. }) if !refreshed => {
+                            refreshed = true;
+                            self.refresh_tip(&key, &mut tip).await?;
+                            continue;
+                        }
+                        Err(e) => return Err(InternalError::from(e).into()),
+                    };
+                    if let Some(ledger) = &self.ledger {
+                        let event = accepted_event(&key, &batch, day, false);
+                        ledger.record(event).await.map_err(InternalError::from)?;
+                    }
+                    *tip = Some(Tip {
+                        seq: h.seq,
+                        link: batch.link,
+                    });
+                    self.metrics.batches_accepted.inc();
+                    self.metrics.records_accepted.inc_by(batch.records);
+                    self.metrics.bytes_accepted.inc_by(batch.bytes.len() as u64);
+                    tracing::debug!(host = %h.host_id, stream = %h.stream, seq = h.seq, records = batch.records, "batch stored");
+                    Ok(Accepted::Stored { seq: h.seq })
+                }
+                Decision::CompareStored => {
+                    let current = tip.expect("CompareStored implies a tip");
+                    let stored = self
+                        .archive
+                        .get(&key, h.seq)
+                        .await
+                        .map_err(InternalError::from)?;
+                    resolve_stored(
+                        current,
+                        h.seq,
+                        stored.as_ref().map(|(_, b)| b.as_slice()),
+                        &batch.bytes,
+                    )?;
+                    Ok(Accepted::Duplicate { seq: h.seq })
+                }
+                Decision::Reject(r) => Err(r.into()),
+            };
+        }
+    }
+
+    /// Moves `tip` to the backend's newer tip, if it has one; `true` when it moved.
+    async fn refresh_tip(&self, key: &ChainKey, tip: &mut Option<Tip>) -> Result<bool, Refusal> {
+        let known = tip.map(|t| t.seq);
+        match self
+            .archive
+            .newer_tip(key, known)
+            .await
+            .map_err(InternalError::from)?
+        {
+            Some(newer) => {
+                tracing::debug!(host = %key.host, stream = %key.stream, from = ?known, to = newer.seq, "chain tip refreshed from the shared archive");
+                *tip = Some(newer);
+                Ok(true)
             }
-            Decision::Reject(r) => Err(r.into()),
+            None => Ok(false),
         }
     }
 
@@ -487,6 +526,10 @@ async fn reconcile<A: ArchiveBackend>(
         let l = head.map_or(0, |t| t.seq);
         if a > l {
             for seq in l + 1..=a {
+                // A shared backend holds other instances' batches, recorded in their ledgers.
+                if !archive.written_here(&key, seq).await? {
+                    continue;
+                }
                 let Some((day, bytes)) = archive.get(&key, seq).await? else {
                     continue;
                 };

@@ -1,0 +1,355 @@
+//! The archive in S3-compatible object storage with Object Lock: [`S3Archive`].
+//!
+//! Layout, one object per batch, holding exactly the envelope's bytes:
+//!
+//! ```text
+//! <prefix>/<host_id>/<stream>/<chain_id hex>/<seq, 20 digits>.lvb
+//!     x-amz-meta-logveil-day:      the UTC day (store's clock) of the write, as in the ledger
+//!     x-amz-meta-logveil-instance: the store instance that wrote it
+//!     Object Lock: COMPLIANCE until the write + the stream's retain_days
+//! ```
+//!
+//! Unlike the filesystem layout the day is not part of the key: the key is the chain's seq
+//! alone, so the conditional write below makes a seq writable exactly once, whichever
+//! instance writes it and on whatever day. The day still goes into the ledger (from the
+//! object's metadata) and `verify` checks it.
+//!
+//! The bucket must have Object Lock enabled (so versioning is on): checked at start
+//! ([`S3Archive::open`]), the store refuses to run otherwise. Every batch is written with
+//! `If-None-Match: *` and its retention set in the same request, so there is no moment it
+//! is unprotected; in compliance mode no one, the bucket's owner included, can delete the
+//! version or shorten its retention. A `DELETE` without version id only adds a delete
+//! marker, which `verify` finds (it lists versions).
+//!
+//! Put: `412 Precondition Failed` means the seq is already stored (by this or another
+//! instance): the stored object is fetched and compared — the same bytes are an idempotent
+//! success (returning the stored day), other bytes [`StoreError::AlreadyStored`]. `409` (a
+//! concurrent conditional write in flight) is retried a few times.
+//!
+//! Several `logveil receive` instances may share one bucket and prefix, each with its own
+//! ledger; each keeps its own tips, and refreshes a chain's tip from the bucket
+//! ([`ArchiveBackend::newer_tip`]) when a batch seems ahead of it.
+
+use super::chain::Tip;
+use super::store::{ArchiveBackend, ChainKey, StoreError};
+use crate::archive;
+use crate::config::ReceiverS3;
+use crate::envelope::Envelope;
+use crate::s3::{PutOutcome, S3Client};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Metadata names (after `x-amz-meta-`).
+pub const META_DAY: &str = "logveil-day";
+pub const META_INSTANCE: &str = "logveil-instance";
+/// Attempts of a put answered 409 (concurrent conditional write).
+const CONFLICT_ATTEMPTS: u32 = 5;
+const DAY_SECS: u64 = 86_400;
+
+/// Where a key sits in the layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedKey {
+    pub chain: ChainKey,
+    pub seq: u64,
+}
+
+/// The layout of keys under a prefix.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    prefix: String,
+}
+
+impl Layout {
+    pub fn new(prefix: &str) -> Self {
+        let p = prefix.trim_matches('/');
+        Layout {
+            prefix: if p.is_empty() {
+                String::new()
+            } else {
+                format!("{p}/")
+            },
+        }
+    }
+
+    /// The prefix every archive key starts with (empty or ending in `/`).
+    pub fn root(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn chain_prefix(&self, chain: &ChainKey) -> String {
+        format!(
+            "{}{}/{}/{}/",
+            self.prefix,
+            chain.host,
+            chain.stream,
+            hex::encode(chain.chain_id)
+        )
+    }
+
+    pub fn key(&self, chain: &ChainKey, seq: u64) -> String {
+        format!(
+            "{}{}",
+            self.chain_prefix(chain),
+            archive::batch_file_name(seq)
+        )
+    }
+
+    /// The chain and seq of `key`, if it is a batch key of this layout.
+    pub fn parse(&self, key: &str) -> Option<ParsedKey> {
+        let rest = key.strip_prefix(&self.prefix)?;
+        let mut parts = rest.split('/');
+        let (host, stream, chain, file) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some()
+            || !crate::envelope::is_safe_identifier(host)
+            || !crate::envelope::is_safe_identifier(stream)
+            || chain.len() != 32
+            || chain
+                .bytes()
+                .any(|b| !matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return None;
+        }
+        let chain_id: [u8; 16] = hex::decode(chain).ok()?.try_into().ok()?;
+        let seq = archive::parse_batch_file_name(file)?;
+        Some(ParsedKey {
+            chain: ChainKey {
+                host: host.into(),
+                stream: stream.into(),
+                chain_id,
+            },
+            seq,
+        })
+    }
+}
+
+/// The archive as objects in one bucket (see the module doc).
+#[derive(Clone)]
+pub struct S3Archive {
+    client: Arc<S3Client>,
+    layout: Layout,
+    config: Arc<ReceiverS3>,
+    instance: String,
+}
+
+impl S3Archive {
+    /// Connects and checks that the bucket enforces Object Lock with versioning.
+    pub async fn open(config: &ReceiverS3) -> Result<Self, StoreError> {
+        let settings = config.settings().map_err(StoreError::Task)?;
+        let client = S3Client::new(settings)?;
+        let (locked, versioned) = client.bucket_is_locked().await?;
+        if !locked || !versioned {
+            return Err(StoreError::Task(format!(
+                "bucket {} must have Object Lock enabled and versioning on (object lock: {locked}, versioning: {versioned})",
+                client.bucket()
+            )));
+        }
+        Ok(S3Archive {
+            client: Arc::new(client),
+            layout: Layout::new(config.prefix()),
+            instance: config.instance(),
+            config: Arc::new(config.clone()),
+        })
+    }
+
+    pub fn client(&self) -> &S3Client {
+        &self.client
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    fn where_is(&self, key: &str) -> PathBuf {
+        PathBuf::from(self.client.display(key))
+    }
+
+    /// The stored batch at `key` with its day, decoded into a tip after checking its place.
+    async fn tip_at(&self, chain: &ChainKey, seq: u64) -> Result<Option<Tip>, StoreError> {
+        let key = self.layout.key(chain, seq);
+        let Some(obj) = self.client.get_object(&key, None).await? else {
+            return Ok(None);
+        };
+        let corrupt = |message: String| StoreError::Corrupt {
+            path: self.where_is(&key),
+            message,
+        };
+        let env = Envelope::decode(&obj.bytes).map_err(|e| corrupt(e.to_string()))?;
+        let h = &env.header;
+        if h.seq != seq
+            || h.host_id != chain.host
+            || h.stream != chain.stream
+            || h.chain_id != chain.chain_id
+        {
+            return Err(corrupt(
+                "its header does not match its place in the archive".into(),
+            ));
+        }
+        Ok(Some(Tip {
+            seq,
+            link: env.next_link(),
+        }))
+    }
+
+    /// The highest stored seq of `chain` after `after`.
+    async fn highest_seq(
+        &self,
+        chain: &ChainKey,
+        after: Option<u64>,
+    ) -> Result<Option<u64>, StoreError> {
+        let prefix = self.layout.chain_prefix(chain);
+        let start = after.map(|s| self.layout.key(chain, s));
+        let keys = self.client.list_keys(&prefix, start.as_deref()).await?;
+        Ok(keys
+            .iter()
+            .filter_map(|k| self.layout.parse(k))
+            .filter(|p| p.chain == *chain)
+            .map(|p| p.seq)
+            .max())
+    }
+}
+
+fn day_of(obj_meta: &std::collections::BTreeMap<String, String>) -> String {
+    obj_meta
+        .get(META_DAY)
+        .cloned()
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl ArchiveBackend for S3Archive {
+    async fn recover(&self) -> Result<HashMap<ChainKey, Tip>, StoreError> {
+        let keys = self.client.list_keys(self.layout.root(), None).await?;
+        let mut highest: HashMap<ChainKey, u64> = HashMap::new();
+        for key in &keys {
+            match self.layout.parse(key) {
+                Some(p) => {
+                    let h = highest.entry(p.chain).or_insert(0);
+                    *h = (*h).max(p.seq);
+                }
+                None => {
+                    tracing::warn!(key = %key, "unexpected object in the archive's prefix, ignored")
+                }
+            }
+        }
+        let mut tips = HashMap::new();
+        for (chain, seq) in highest {
+            if let Some(tip) = self.tip_at(&chain, seq).await? {
+                tips.insert(chain, tip);
+            }
+        }
+        Ok(tips)
+    }
+
+    async fn put(&self, chain: &ChainKey, seq: u64, bytes: Bytes) -> Result<String, StoreError> {
+        let key = self.layout.key(chain, seq);
+        let day = archive::today();
+        let days = self.config.retain_days_for(&chain.stream);
+        let until = SystemTime::now() + Duration::from_secs(days.saturating_mul(DAY_SECS));
+        let headers = [
+            ("if-none-match", "*".to_string()),
+            ("x-amz-object-lock-mode", "COMPLIANCE".to_string()),
+            (
+                "x-amz-object-lock-retain-until-date",
+                humantime::format_rfc3339_seconds(until).to_string(),
+            ),
+            ("x-amz-meta-logveil-day", day.clone()),
+            ("x-amz-meta-logveil-instance", self.instance.clone()),
+            ("content-type", "application/octet-stream".to_string()),
+        ];
+        for _ in 0..CONFLICT_ATTEMPTS {
+            match self
+                .client
+                .put_object(&key, bytes.clone(), &headers)
+                .await?
+            {
+                PutOutcome::Created { .. } => return Ok(day),
+                PutOutcome::PreconditionFailed => {
+                    return match self.client.get_object(&key, None).await? {
+                        Some(obj) if obj.bytes == bytes => Ok(day_of(&obj.metadata)),
+                        Some(_) => Err(StoreError::AlreadyStored {
+                            path: self.where_is(&key),
+                        }),
+                        None => Err(StoreError::Corrupt {
+                            path: self.where_is(&key),
+                            message: "the key exists but its current version cannot be read".into(),
+                        }),
+                    };
+                }
+                PutOutcome::Conflict => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        Err(StoreError::Task(format!(
+            "{}: conditional write kept conflicting",
+            self.where_is(&key).display()
+        )))
+    }
+
+    async fn get(
+        &self,
+        chain: &ChainKey,
+        seq: u64,
+    ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        let key = self.layout.key(chain, seq);
+        Ok(self
+            .client
+            .get_object(&key, None)
+            .await?
+            .map(|obj| (day_of(&obj.metadata), obj.bytes.to_vec())))
+    }
+
+    async fn newer_tip(
+        &self,
+        chain: &ChainKey,
+        known: Option<u64>,
+    ) -> Result<Option<Tip>, StoreError> {
+        match self.highest_seq(chain, known).await? {
+            Some(seq) if Some(seq) > known => self.tip_at(chain, seq).await,
+            _ => Ok(None),
+        }
+    }
+
+    async fn written_here(&self, chain: &ChainKey, seq: u64) -> Result<bool, StoreError> {
+        let key = self.layout.key(chain, seq);
+        Ok(self
+            .client
+            .head_object(&key)
+            .await?
+            .is_some_and(|m| m.get(META_INSTANCE) == Some(&self.instance)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_strangers_are_not_batches() {
+        let l = Layout::new("/logs/");
+        let chain = ChainKey {
+            host: "web-1".into(),
+            stream: "audit".into(),
+            chain_id: [0xab; 16],
+        };
+        let key = l.key(&chain, 7);
+        assert_eq!(
+            key,
+            "logs/web-1/audit/abababababababababababababababab/00000000000000000007.lvb"
+        );
+        assert_eq!(l.parse(&key), Some(ParsedKey { chain, seq: 7 }));
+        for stranger in [
+            "logs/web-1/audit/abababababababababababababababab/7.lvb",
+            "logs/web-1/audit/ABABABABABABABABABABABABABABABAB/00000000000000000007.lvb",
+            "logs/../audit/abababababababababababababababab/00000000000000000007.lvb",
+            "other/web-1/audit/abababababababababababababababab/00000000000000000007.lvb",
+            "logs/web-1/audit/x/abababababababababababababababab/00000000000000000007.lvb",
+        ] {
+            assert_eq!(l.parse(stranger), None, "{stranger}");
+        }
+        assert_eq!(Layout::new("").root(), "");
+    }
+}
