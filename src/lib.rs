@@ -23,3 +23,4 @@ pub mod ship;
 pub mod source;
 pub mod telemetry;
 pub mod verify;
+pub mod verify_s3;
