@@ -274,3 +274,117 @@ fn accepted(store: &Store) -> Vec<u64> {
         })
         .collect()
 }
+
+/// Waits until the bucket holds `n` records (fails fast on more).
+fn wait_s3_records(
+    client: &logveil::s3::S3Client,
+    n: usize,
+    limit: Duration,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let got = s3_support::records(client, "archive");
+        assert!(
+            got.len() <= n,
+            "{} records archived, more than {n}",
+            got.len()
+        );
+        if got.len() == n {
+            return got;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} with {} of {n} records archived",
+            got.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn write_lines(path: &std::path::Path, from: usize, to: usize) {
+    let mut text = String::new();
+    for i in from..to {
+        text.push_str(&format!("line {i} of the s3 test\n"));
+    }
+    common::append(path, &text);
+}
+
+#[test]
+fn an_agent_shipping_through_two_store_instances_in_turn_gets_every_line_archived_once() {
+    let weed = Weed::start();
+    let client = weed.locked_bucket(BUCKET);
+    let mut w = common::World::new();
+    let out = common::run_logveil(&[
+        "keygen",
+        "--out",
+        w.path("keys").to_str().unwrap(),
+        "--name",
+        "store",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let store_key = format!("store_key = \"{}\"\n", w.path("keys/store.key").display());
+    w.receiver_extra = format!("{store_key}{}", weed.receiver_section(BUCKET, "store-a"));
+    let mut a = w.start_receiver();
+    let mut agent = w.start_agent();
+    let file = w.logs().join("app.log");
+    write_lines(&file, 0, 2000);
+    wait_s3_records(&client, 2000, Duration::from_secs(60));
+
+    // Instance a goes away; instance b (own ledger) answers at the same address, as behind
+    // a load balancer. The agent's chain continues through b.
+    a.signal(nix::sys::signal::Signal::SIGTERM);
+    a.wait_exit(Duration::from_secs(20));
+    let b_cfg = w.path("collector-b.toml");
+    std::fs::write(
+        &b_cfg,
+        format!(
+            "[receiver]\nlisten = \"127.0.0.1:{}\"\narchive_dir = \"{}\"\ntrusted_keys_dir = \"{}\"\n{store_key}{}",
+            w.port,
+            w.path("archive-b").display(),
+            w.path("trusted").display(),
+            weed.receiver_section(BUCKET, "store-b")
+        ),
+    )
+    .unwrap();
+    let _b = common::spawn_logveil(
+        &["receive", "--config", b_cfg.to_str().unwrap()],
+        &w.path("out/receiver-b.log"),
+    );
+    write_lines(&file, 2000, 5000);
+    let records = wait_s3_records(&client, 5000, Duration::from_secs(90));
+    assert_eq!(
+        common::assert_file_shipped_exactly_once(&records, &file),
+        5000
+    );
+
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.wait_exit(Duration::from_secs(20));
+    let objects = versions(&client, "archive/");
+    assert!(
+        objects.iter().all(|(_, v, m)| (*v, *m) == (1, 0)),
+        "{objects:?}"
+    );
+    let ledgers = [
+        logveil::custody::ledger_path(&w.path("archive")),
+        logveil::custody::ledger_path(&w.path("archive-b")),
+    ];
+    let (clean, out) = s3_support::verify(
+        &common::bin(),
+        &w.path("collector.toml"),
+        &w.path("trusted"),
+        &w.path("keys/store.pub"),
+        &ledgers,
+    );
+    assert!(clean, "{out}");
+    assert!(out.contains("records: 5000"), "{out}");
+    let logs = format!(
+        "{}{}{}",
+        w.agent_logs(),
+        std::fs::read_to_string(w.path("out/receiver.log")).unwrap_or_default(),
+        std::fs::read_to_string(w.path("out/receiver-b.log")).unwrap_or_default()
+    );
+    assert!(
+        !logs.contains("of the s3 test"),
+        "log line content in the agent's or store's logs"
+    );
+}

@@ -166,11 +166,17 @@ impl Drop for Weed {
     }
 }
 
-pub fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+/// One runtime for every S3 call of a test process: a client's pooled connections belong
+/// to the runtime that opened them, so a second runtime would wait on them forever.
+pub fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
 }
 
 fn tail(s: &str) -> String {
