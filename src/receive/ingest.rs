@@ -425,6 +425,10 @@ impl<A: ArchiveBackend> Ingest<A> {
         };
         let lock = self.chain_lock(&key);
         let mut tip = lock.lock().await;
+        if s.from > tip.map_or(0, |t| t.seq) + 1 {
+            // Another instance sharing the archive may have moved the chain on.
+            self.refresh_tip(&key, &mut tip).await?;
+        }
         let (last, _) = tip.map_or((0, [0; 32]), |t| (t.seq, t.link));
         if *tip
             == Some(Tip {

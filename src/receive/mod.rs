@@ -20,7 +20,8 @@
 //!
 //! Modules, in the order a batch meets them: `server` (listener, TLS, connections) → `http`
 //! (routes, body limits, JSON answers) → `ingest` (orchestration, metrics, logs) →
-//! `validate` (stateless checks) → `chain` (sequence rules) → `store` (the archive backend);
+//! `validate` (stateless checks) → `chain` (sequence rules) → `store` (the archive backend:
+//! the filesystem, or `s3_archive`, S3 with Object Lock, shareable by several instances);
 //! `gap` (declared gaps); `read` (the operators' read API, every read in the ledger);
 //! `retention` (the periodic sweep of expired days).
 //! Startup: validate TLS files, recover chain state from the archive (removing temp files of
