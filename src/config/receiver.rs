@@ -331,3 +331,71 @@ fn validate_s3(src: &Source<'_>, s3: &ReceiverS3) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str =
+        "[receiver]\nlisten = \"127.0.0.1:1\"\narchive_dir = \"/a\"\ntrusted_keys_dir = \"/k\"\n";
+    const S3: &str = "[receiver.s3]\nendpoint = \"http://127.0.0.1:8333\"\nbucket = \"logs\"\naccess_key_id = \"k\"\nsecret_access_key = \"s\"\nretain_days = { \"*\" = 30, audit = 365 }\n";
+
+    fn load(text: &str) -> Result<ReceiverConfig, String> {
+        ReceiverConfig::from_text(Path::new("c.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_s3_section_is_read_with_defaults() {
+        let cfg = load(&format!("{BASE}{S3}prefix = \"/archive/\"\n")).unwrap();
+        let s3 = cfg.receiver.s3.unwrap();
+        assert_eq!(s3.region, "us-east-1");
+        assert_eq!(s3.prefix(), "archive");
+        assert_eq!(s3.retain_days_for("audit"), 365);
+        assert_eq!(s3.retain_days_for("default"), 30);
+        assert_eq!(s3.settings().unwrap().access_key_id, "k");
+    }
+
+    #[test]
+    fn bad_s3_settings_name_their_key() {
+        for (extra, key) in [
+            ("", ""),
+            ("prefix = \"a/../b\"\n", "receiver.s3.prefix"),
+            ("instance_id = \"a b\"\n", "receiver.s3.instance_id"),
+        ] {
+            let text = format!("{BASE}{S3}{extra}");
+            match load(&text) {
+                Ok(_) if key.is_empty() => {}
+                Ok(_) => panic!("{extra} accepted"),
+                Err(e) => assert!(e.contains(key), "{e}"),
+            }
+        }
+        let cases = [
+            (
+                S3.replace("http://127.0.0.1:8333", "127.0.0.1:8333"),
+                "receiver.s3.endpoint",
+            ),
+            (
+                S3.replace("http://127.0.0.1:8333", "http://h/path"),
+                "receiver.s3.endpoint",
+            ),
+            (
+                S3.replace("\"logs\"", "\"Logs_Bucket\""),
+                "receiver.s3.bucket",
+            ),
+            (S3.replace("\"*\" = 30, ", ""), "receiver.s3.retain_days"),
+            (
+                S3.replace("audit = 365", "audit = 0"),
+                "receiver.s3.retain_days.audit",
+            ),
+        ];
+        for (s3, key) in cases {
+            let e = load(&format!("{BASE}{s3}")).unwrap_err();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        let with_retention = format!(
+            "{BASE}store_key = \"/s\"\n[receiver.retention]\nretention_days = {{ \"*\" = 1 }}\n{S3}"
+        );
+        let e = load(&with_retention).unwrap_err();
+        assert!(e.contains("receiver.retention"), "{e}");
+    }
+}
