@@ -789,6 +789,112 @@ mod tests {
         assert_eq!(ingest.metrics().batches_duplicate.get(), 19);
     }
 
+    /// A backend shared by several `Ingest`s, like one bucket behind several stores.
+    #[derive(Clone, Default)]
+    struct SharedMem(Arc<Mutex<BTreeMap<(ChainKey, u64), Vec<u8>>>>);
+
+    impl ArchiveBackend for SharedMem {
+        async fn recover(&self) -> Result<HashMap<ChainKey, Tip>, StoreError> {
+            Ok(HashMap::new())
+        }
+        async fn put(
+            &self,
+            chain: &ChainKey,
+            seq: u64,
+            bytes: Bytes,
+        ) -> Result<String, StoreError> {
+            let mut m = self.0.lock().unwrap();
+            match m.get(&(chain.clone(), seq)) {
+                Some(stored) if *stored == bytes => {}
+                Some(_) => return Err(StoreError::AlreadyStored { path: "mem".into() }),
+                None => {
+                    m.insert((chain.clone(), seq), bytes.to_vec());
+                }
+            }
+            Ok("2026-01-01".into())
+        }
+        async fn get(
+            &self,
+            chain: &ChainKey,
+            seq: u64,
+        ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+            let m = self.0.lock().unwrap();
+            Ok(m.get(&(chain.clone(), seq))
+                .map(|b| ("2026-01-01".to_string(), b.clone())))
+        }
+        async fn newer_tip(
+            &self,
+            chain: &ChainKey,
+            known: Option<u64>,
+        ) -> Result<Option<Tip>, StoreError> {
+            let m = self.0.lock().unwrap();
+            let newest = m
+                .iter()
+                .filter(|((c, s), _)| c == chain && Some(*s) > known)
+                .max_by_key(|((_, s), _)| *s);
+            Ok(newest.map(|((_, seq), bytes)| Tip {
+                seq: *seq,
+                link: Envelope::decode(bytes).unwrap().next_link(),
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn stores_sharing_a_backend_take_turns_on_one_chain_exactly_once() {
+        let keys = tempfile::tempdir().unwrap();
+        let shared = SharedMem::default();
+        let new = || async {
+            Ingest::new(
+                shared.clone(),
+                keys.path().into(),
+                1 << 20,
+                ReceiverMetrics::default(),
+                None,
+            )
+            .await
+            .unwrap()
+        };
+        let (a, b) = (new().await, new().await);
+        let mut c = Chain::new("web-1", "default", [1; 16]);
+        c.enroll(keys.path());
+        let batches: Vec<Bytes> = (0..6).map(|_| Bytes::from(c.next_data(&["x"]))).collect();
+        let p = Peer::default();
+        // 1 → a, 2 → b (b refreshes from the backend), 3 → a (refreshes), …
+        for (i, batch) in batches.iter().enumerate() {
+            let store = if i % 2 == 0 { &a } else { &b };
+            let seq = i as u64 + 1;
+            assert_eq!(
+                store.ingest(batch.clone(), &p).await.unwrap(),
+                Accepted::Stored { seq }
+            );
+        }
+        // A resend of a batch the other store wrote is acknowledged, not written again.
+        assert_eq!(
+            a.ingest(batches[5].clone(), &p).await.unwrap(),
+            Accepted::Stored { seq: 6 }
+        );
+        assert_eq!(
+            b.ingest(batches[0].clone(), &p).await.unwrap(),
+            Accepted::Duplicate { seq: 1 }
+        );
+        assert_eq!(shared.0.lock().unwrap().len(), 6);
+        // A fork of a seq the other store holds is refused, even by a store that lags.
+        let lagging = new().await;
+        let mut fork = Chain::new("web-1", "default", [1; 16]);
+        let r = rejected(
+            lagging
+                .ingest(Bytes::from(fork.next_data(&["forged"])), &p)
+                .await,
+        );
+        assert_eq!((r.code(), r.expected_seq()), ("seq_conflict", Some(7)));
+        // A gap past the backend's tip is still a gap.
+        let mut ahead = Chain::new("web-1", "default", [1; 16]);
+        ahead.seq = 8;
+        ahead.link = [7; 32];
+        let r = rejected(b.ingest(Bytes::from(ahead.next_data(&["x"])), &p).await);
+        assert_eq!((r.code(), r.expected_seq()), ("seq_gap", Some(7)));
+    }
+
     #[tokio::test]
     async fn revoking_a_key_takes_effect_at_once() {
         let fx = Fixture::new();
