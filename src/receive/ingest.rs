@@ -790,8 +790,10 @@ mod tests {
     }
 
     /// A backend shared by several `Ingest`s, like one bucket behind several stores.
+    type Objects = BTreeMap<(ChainKey, u64), Vec<u8>>;
+
     #[derive(Clone, Default)]
-    struct SharedMem(Arc<Mutex<BTreeMap<(ChainKey, u64), Vec<u8>>>>);
+    struct SharedMem(Arc<Mutex<Objects>>);
 
     impl ArchiveBackend for SharedMem {
         async fn recover(&self) -> Result<HashMap<ChainKey, Tip>, StoreError> {
