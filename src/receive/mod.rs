@@ -178,9 +178,11 @@ pub async fn run(cfg: ReceiverConfig, shutdown: CancellationToken) -> anyhow::Re
                     source,
                 })?;
             // The ledger (and nothing else) lives in archive_dir.
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .create(&cfg.receiver.archive_dir)?;
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o700,
+            )
+            .create(&cfg.receiver.archive_dir)?;
             tracing::info!(
                 bucket = %s3.bucket,
                 prefix = %s3.prefix(),

@@ -36,6 +36,7 @@ use crate::archive;
 use crate::config::ReceiverS3;
 use crate::envelope::Envelope;
 use crate::s3::{PutOutcome, S3Client};
+use base64::Engine;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -142,7 +143,7 @@ impl S3Archive {
         let client = S3Client::new(settings)?;
         let (locked, versioned) = client.bucket_is_locked().await?;
         if !locked || !versioned {
-            return Err(StoreError::Task(format!(
+            return Err(StoreError::Unprotected(format!(
                 "bucket {} must have Object Lock enabled and versioning on (object lock: {locked}, versioning: {versioned})",
                 client.bucket()
             )));
@@ -258,6 +259,12 @@ impl ArchiveBackend for S3Archive {
             ("x-amz-meta-logveil-day", day.clone()),
             ("x-amz-meta-logveil-instance", self.instance.clone()),
             ("content-type", "application/octet-stream".to_string()),
+            // AWS requires a checksum on a PUT with Object Lock; a server that checks it
+            // refuses an upload corrupted on the way.
+            (
+                "x-amz-checksum-sha256",
+                base64::engine::general_purpose::STANDARD.encode(crate::envelope::sha256(&bytes)),
+            ),
         ];
         for _ in 0..CONFLICT_ATTEMPTS {
             match self

@@ -61,6 +61,8 @@ pub enum StoreError {
     Task(String),
     #[error(transparent)]
     S3(#[from] crate::s3::S3Error),
+    #[error("{0}")]
+    Unprotected(String),
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
