@@ -88,7 +88,7 @@ fn the_server_enforces_object_lock_and_conditional_writes() {
 }
 
 #[test]
-fn batches_are_archived_once_and_a_delete_marker_cannot_hide_one_from_verify() {
+fn batches_are_archived_once_and_verify_finds_a_delete_marker_or_a_second_version() {
     let weed = Weed::start();
     let client = weed.locked_bucket(BUCKET);
     let mut store = s3_store(&weed, "store-a");
@@ -142,6 +142,18 @@ fn batches_are_archived_once_and_a_delete_marker_cannot_hide_one_from_verify() {
     assert!(!clean, "{out}");
     assert!(
         out.contains(&format!("s3://{BUCKET}/{third}: deleted (delete marker")),
+        "{out}"
+    );
+    // So is a second version written over a batch without the store's condition.
+    let first = &objects[0].0;
+    let put = rtm
+        .block_on(client.put_object(first, "forged".into(), &[]))
+        .unwrap();
+    assert!(matches!(put, PutOutcome::Created { .. }), "{put:?}");
+    let (clean, out) = s3_support::verify(&bin, &cfg, &keys, &store_pub, &[]);
+    assert!(!clean, "{out}");
+    assert!(
+        out.contains(&format!("s3://{BUCKET}/{first}: 2 versions")),
         "{out}"
     );
     store.stop();
