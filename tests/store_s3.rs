@@ -295,19 +295,24 @@ fn wait_s3_records(
 ) -> Vec<serde_json::Value> {
     let deadline = std::time::Instant::now() + limit;
     loop {
-        let got = s3_support::records(client, "archive");
-        assert!(
-            got.len() <= n,
-            "{} records archived, more than {n}",
-            got.len()
-        );
-        if got.len() == n {
-            return got;
-        }
+        let state = match s3_support::try_records(client, "archive") {
+            Ok(got) => {
+                assert!(
+                    got.len() <= n,
+                    "{} records archived, more than {n}",
+                    got.len()
+                );
+                if got.len() == n {
+                    return got;
+                }
+                format!("{} of {n} records archived", got.len())
+            }
+            // A server just restarted may answer 5xx for a while.
+            Err(e) => e,
+        };
         assert!(
             std::time::Instant::now() < deadline,
-            "timed out after {limit:?} with {} of {n} records archived",
-            got.len()
+            "timed out after {limit:?}: {state}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -399,4 +404,60 @@ fn an_agent_shipping_through_two_store_instances_in_turn_gets_every_line_archive
         !logs.contains("of the s3 test"),
         "log line content in the agent's or store's logs"
     );
+}
+
+#[test]
+fn an_object_storage_outage_is_a_retry_for_the_agent_and_loses_nothing() {
+    let mut weed = Weed::start();
+    let client = weed.locked_bucket(BUCKET);
+    let mut w = common::World::new();
+    let out = common::run_logveil(&[
+        "keygen",
+        "--out",
+        w.path("keys").to_str().unwrap(),
+        "--name",
+        "store",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    w.receiver_extra = format!(
+        "store_key = \"{}\"\n{}",
+        w.path("keys/store.key").display(),
+        weed.receiver_section(BUCKET, "store-a")
+    );
+    let store = w.start_receiver();
+    let mut agent = w.start_agent();
+    let file = w.logs().join("app.log");
+    write_lines(&file, 0, 500);
+    wait_s3_records(&client, 500, Duration::from_secs(60));
+
+    weed.stop();
+    write_lines(&file, 500, 1500);
+    common::wait_until(
+        Duration::from_secs(30),
+        "the store failing to archive while S3 is down",
+        || store.log_text().contains("batch could not be stored"),
+    );
+    weed.restart(BUCKET);
+    let records = wait_s3_records(&client, 1500, Duration::from_secs(90));
+    assert_eq!(
+        common::assert_file_shipped_exactly_once(&records, &file),
+        1500
+    );
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.wait_exit(Duration::from_secs(20));
+
+    let objects = versions(&client, "archive/");
+    assert!(
+        objects.iter().all(|(_, v, m)| (*v, *m) == (1, 0)),
+        "{objects:?}"
+    );
+    let (clean, out) = s3_support::verify(
+        &common::bin(),
+        &w.path("collector.toml"),
+        &w.path("trusted"),
+        &w.path("keys/store.pub"),
+        &[],
+    );
+    assert!(clean, "{out}");
+    assert!(out.contains("records: 1500"), "{out}");
 }

@@ -48,6 +48,8 @@ pub fn weed_bin() -> PathBuf {
 pub struct Weed {
     pub dir: tempfile::TempDir,
     pub s3_port: u16,
+    bin: PathBuf,
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -68,38 +70,91 @@ impl Weed {
         .unwrap();
         let s3_port = free_port();
         let port = |name: &str| format!("-{name}={}", free_port());
-        let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
-        let child = Command::new(&bin)
-            .arg("server")
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
-            .arg(format!("-dir={}", data.display()))
-            .args([
-                port("master.port"),
-                port("master.port.grpc"),
-                port("volume.port"),
-                port("volume.port.grpc"),
-                "-filer".into(),
-                port("filer.port"),
-                port("filer.port.grpc"),
-                "-s3".into(),
-                format!("-s3.port={s3_port}"),
-                port("s3.port.grpc"),
-                format!("-s3.config={}", s3_config.display()),
-                "-s3.port.iceberg=0".into(),
-                "-s3.port.lance=0".into(),
-                "-master.volumeSizeLimitMB=64".into(),
-                "-volume.max=16".into(),
-            ])
+        let mut args: Vec<String> = vec![
+            "server".into(),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            format!("-dir={}", data.display()),
+            port("master.port"),
+            port("master.port.grpc"),
+            port("volume.port"),
+            port("volume.port.grpc"),
+            "-filer".into(),
+            port("filer.port"),
+            port("filer.port.grpc"),
+            "-s3".into(),
+            format!("-s3.port={s3_port}"),
+            port("s3.port.grpc"),
+            // Fixed default ports would collide between tests running at once.
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+            format!("-s3.config={}", s3_config.display()),
+        ];
+        args.extend([
+            "-master.volumeSizeLimitMB=64".into(),
+            "-volume.max=16".into(),
+        ]);
+        let mut weed = Weed {
+            dir,
+            s3_port,
+            bin,
+            args,
+            child: None,
+        };
+        weed.spawn();
+        weed
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("weed.log"))
+            .unwrap();
+        let child = Command::new(&self.bin)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        Weed {
-            dir,
-            s3_port,
-            child: Some(child),
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
+        self.child = Some(child);
+    }
+
+    /// Stops the server (SIGTERM) and waits for it to exit: the S3 endpoint goes away.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Starts the stopped server again on the same ports and data, and waits until its
+    /// bucket answers.
+    pub fn restart(&mut self, bucket: &str) {
+        assert!(self.child.is_none(), "weed is running");
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        let s3_port = self.s3_port;
+        let deadline = Instant::now() + START_LIMIT;
+        while !free(s3_port) {
+            assert!(Instant::now() < deadline, "port {s3_port} stays taken");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.spawn();
+        self.locked_bucket(bucket);
     }
 
     pub fn endpoint(&self) -> String {
@@ -211,13 +266,23 @@ pub fn versions(client: &S3Client, prefix: &str) -> Vec<(String, usize, usize)> 
 /// The records of every batch under `prefix` (current versions), in archive order, via a
 /// copy in the filesystem layout read by `logveil::archive::cat`.
 pub fn records(client: &S3Client, prefix: &str) -> Vec<serde_json::Value> {
+    try_records(client, prefix).unwrap()
+}
+
+/// [`records`], or the S3 error met (a server just restarted may answer 5xx for a while).
+pub fn try_records(client: &S3Client, prefix: &str) -> Result<Vec<serde_json::Value>, String> {
     let layout = logveil::receive::s3_archive::Layout::new(prefix);
     let copy = tempfile::tempdir().unwrap();
     let rt = rt();
-    let keys = rt.block_on(client.list_keys(layout.root(), None)).unwrap();
+    let keys = rt
+        .block_on(client.list_keys(layout.root(), None))
+        .map_err(|e| e.to_string())?;
     for key in keys {
         let p = layout.parse(&key).expect("only batch keys in the prefix");
-        let Some(obj) = rt.block_on(client.get_object(&key, None)).unwrap() else {
+        let obj = rt
+            .block_on(client.get_object(&key, None))
+            .map_err(|e| e.to_string())?;
+        let Some(obj) = obj else {
             continue;
         };
         let c = &p.chain;
@@ -234,10 +299,11 @@ pub fn records(client: &S3Client, prefix: &str) -> Vec<serde_json::Value> {
     }
     let mut out = Vec::new();
     logveil::archive::cat(copy.path(), &mut out).unwrap();
-    out.split(|&b| b == b'\n')
+    Ok(out
+        .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
         .map(|l| serde_json::from_slice(l).unwrap())
-        .collect()
+        .collect())
 }
 
 /// `logveil verify --s3 CONFIG --keys DIR --store-key PUB [--ledger L]...`: (clean, output).
