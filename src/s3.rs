@@ -71,6 +71,9 @@ pub struct Object {
     pub version_id: Option<String>,
     /// `x-amz-meta-*` headers, by name without the prefix.
     pub metadata: BTreeMap<String, String>,
+    /// `x-amz-object-lock-mode` and `x-amz-object-lock-retain-until-date`, when locked.
+    pub lock_mode: Option<String>,
+    pub lock_until: Option<String>,
 }
 
 /// What a conditional PUT did.
@@ -284,11 +287,15 @@ impl S3Client {
         }
         let version_id = header(&resp, "x-amz-version-id");
         let metadata = metadata(&resp);
+        let lock_mode = header(&resp, "x-amz-object-lock-mode");
+        let lock_until = header(&resp, "x-amz-object-lock-retain-until-date");
         let bytes = Self::read_body("GET", key, resp).await?;
         Ok(Some(Object {
             bytes,
             version_id,
             metadata,
+            lock_mode,
+            lock_until,
         }))
     }
 

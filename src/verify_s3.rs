@@ -8,7 +8,9 @@
 //!   version);
 //! - more than one version is a problem (a seq written twice, which `If-None-Match` should
 //!   have stopped); the oldest version is the one checked;
-//! - a key outside the layout is a problem.
+//! - a key outside the layout is a problem;
+//! - a batch whose version is not under COMPLIANCE Object Lock is a problem, and so is a
+//!   bucket without Object Lock and versioning.
 //!
 //! The chosen version of each batch is fetched by version id into a private temporary
 //! directory laid out like the filesystem archive (day from the object's
@@ -127,6 +129,19 @@ async fn fetch(
     let settings = cfg.settings()?;
     let client = S3Client::new(settings).map_err(|e| e.to_string())?;
     let layout = Layout::new(cfg.prefix());
+    match client.bucket_is_locked().await {
+        Ok((true, true)) => {}
+        Ok((lock, versioning)) => problems.push(format!(
+            "bucket {}: Object Lock {}, versioning {}: batches can be removed or rewritten",
+            client.bucket(),
+            if lock { "enabled" } else { "not enabled" },
+            if versioning { "on" } else { "off" },
+        )),
+        Err(e) => problems.push(format!(
+            "bucket {}: cannot check its Object Lock configuration: {e}",
+            client.bucket()
+        )),
+    }
     let entries = client
         .list_versions(layout.root())
         .await
@@ -174,6 +189,12 @@ async fn fetch(
             }
             Err(e) => return Err(e.to_string()),
         };
+        if obj.lock_mode.as_deref() != Some("COMPLIANCE") {
+            problems.push(format!(
+                "{name}: not under COMPLIANCE Object Lock (mode {})",
+                obj.lock_mode.as_deref().unwrap_or("none")
+            ));
+        }
         let day = match obj.metadata.get(META_DAY) {
             Some(d) if archive::parse_day(d).is_some() => d.clone(),
             _ => {
