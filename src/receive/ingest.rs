@@ -19,6 +19,13 @@
 //! archive's tip (batches removed from the archive, not by retention) raises an alert, and
 //! the ledger's head wins so the chain cannot be re-written.
 //!
+//! On an archive shared by several store instances (S3, `super::s3_archive`) each keeps its
+//! own tips, which can fall behind: a batch that looks ahead of the tip (`seq_gap`), or a
+//! put that finds its seq already taken by other bytes, makes the instance reload that
+//! chain's tip from the archive once (`ArchiveBackend::newer_tip`) and decide again. At
+//! start it records as `recovered` only the unrecorded batches it wrote itself
+//! (`ArchiveBackend::written_here`); the others are in their writers' ledgers.
+//!
 //! With mutual TLS, the client certificate must be valid for the batch's host id (its
 //! subject alternative names), else 403 `host_mismatch`.
 //!
