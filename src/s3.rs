@@ -415,9 +415,19 @@ impl S3Client {
 
     /// Every version and delete marker under `prefix` (all pages).
     pub async fn list_versions(&self, prefix: &str) -> Result<Vec<VersionEntry>, S3Error> {
+        self.list_versions_after(prefix, None).await
+    }
+
+    /// Every version and delete marker under `prefix` of keys after `start_after`.
+    pub async fn list_versions_after(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<Vec<VersionEntry>, S3Error> {
         let op = "ListObjectVersions";
         let mut out = Vec::new();
-        let mut marker: Option<(String, String)> = None;
+        let mut marker: Option<(String, String)> =
+            start_after.map(|k| (k.to_string(), String::new()));
         loop {
             let mut query = vec![("versions", ""), ("prefix", prefix)];
             if let Some((k, v)) = &marker {
@@ -475,6 +485,14 @@ impl S3Client {
         }
         Ok(out)
     }
+}
+
+/// Orders version entries oldest first. S3 lists each key's versions newest first, and
+/// `LastModified` may have one-second resolution, so: reverse the listing, then sort by time
+/// keeping that order among equal times.
+pub fn oldest_first(entries: &mut [VersionEntry]) {
+    entries.reverse();
+    entries.sort_by(|a, b| a.last_modified.cmp(&b.last_modified));
 }
 
 fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
@@ -548,6 +566,26 @@ mod tests {
             c.url("", &[("versions", "")]),
             "http://127.0.0.1:9000/logs/?versions="
         );
+    }
+
+    #[test]
+    fn versions_of_one_second_are_ordered_by_the_listing() {
+        let v = |id: &str, t: &str| VersionEntry {
+            key: "k".into(),
+            version_id: id.into(),
+            is_latest: false,
+            delete_marker: false,
+            last_modified: t.into(),
+        };
+        // As listed: newest first.
+        let mut list = vec![
+            v("c", "2026-01-01T00:00:02Z"),
+            v("b", "2026-01-01T00:00:01Z"),
+            v("a", "2026-01-01T00:00:01Z"),
+        ];
+        oldest_first(&mut list);
+        let ids: Vec<_> = list.iter().map(|e| e.version_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
     }
 
     #[test]

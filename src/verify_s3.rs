@@ -157,9 +157,12 @@ async fn fetch(
             problems.push(format!("{name}: not part of the archive layout"));
             continue;
         };
-        let mut versions: Vec<&VersionEntry> =
-            entries.iter().filter(|e| !e.delete_marker).collect();
-        versions.sort_by(|a, b| a.last_modified.cmp(&b.last_modified));
+        let mut versions: Vec<VersionEntry> = entries
+            .iter()
+            .filter(|e| !e.delete_marker)
+            .cloned()
+            .collect();
+        crate::s3::oldest_first(&mut versions);
         for m in entries.iter().filter(|e| e.delete_marker) {
             problems.push(format!(
                 "{name}: deleted (delete marker {}{}); {}",

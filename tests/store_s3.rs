@@ -156,6 +156,23 @@ fn batches_are_archived_once_and_verify_finds_a_delete_marker_or_a_second_versio
         out.contains(&format!("s3://{BUCKET}/{first}: 2 versions")),
         "{out}"
     );
+    // Neither hides a batch from the store: after a restart, with the newest batch behind
+    // a delete marker too, resends are duplicates of the batches it accepted, and the chain
+    // goes on after the hidden tip.
+    let last = &objects[4].0;
+    assert!(rtm
+        .block_on(client.delete_object(last, None))
+        .unwrap()
+        .is_success());
+    store.stop();
+    store.start();
+    assert_eq!(store.post(batches[0].clone()), 200, "{}", store.log());
+    assert_eq!(store.post(batches[4].clone()), 200, "{}", store.log());
+    assert_eq!(store.post(host.next(&[(&ts(5), "u1", "after")])), 200);
+    let objects = versions(&client, "archive/");
+    assert_eq!(objects.len(), 6, "{objects:?}");
+    assert_eq!((objects[4].1, objects[4].2), (1, 1), "{objects:?}");
+    assert_eq!((objects[5].1, objects[5].2), (1, 0), "{objects:?}");
     store.stop();
     assert!(
         !store.log().contains("hello"),

@@ -21,8 +21,12 @@
 //! version or shorten its retention. A `DELETE` without version id only adds a delete
 //! marker, which `verify` finds (it lists versions).
 //!
+//! Reading: a stored batch is the oldest version of its key (the one the conditional write
+//! made), whatever delete markers or later versions came after; tips are found by listing
+//! versions, so a batch hidden behind a delete marker still holds its seq.
+//!
 //! Put: `412 Precondition Failed` means the seq is already stored (by this or another
-//! instance): the stored object is fetched and compared — the same bytes are an idempotent
+//! instance): the stored batch is fetched and compared — the same bytes are an idempotent
 //! success (returning the stored day), other bytes [`StoreError::AlreadyStored`]. `409` (a
 //! concurrent conditional write in flight) is retried a few times.
 //!
@@ -35,10 +39,10 @@ use super::store::{ArchiveBackend, ChainKey, StoreError};
 use crate::archive;
 use crate::config::ReceiverS3;
 use crate::envelope::Envelope;
-use crate::s3::{PutOutcome, S3Client};
+use crate::s3::{Object, PutOutcome, S3Client};
 use base64::Engine;
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -168,10 +172,54 @@ impl S3Archive {
         PathBuf::from(self.client.display(key))
     }
 
-    /// The stored batch at `key` with its day, decoded into a tip after checking its place.
-    async fn tip_at(&self, chain: &ChainKey, seq: u64) -> Result<Option<Tip>, StoreError> {
+    /// The batches stored under `prefix` after the key `after`, by chain and seq, each with
+    /// its oldest version. Versions, not current objects: a batch hidden behind a delete
+    /// marker is still stored (and locked), so its seq is taken.
+    async fn stored(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> Result<BTreeMap<(ChainKey, u64), String>, StoreError> {
+        let mut entries = self.client.list_versions_after(prefix, after).await?;
+        entries.retain(|e| !e.delete_marker);
+        crate::s3::oldest_first(&mut entries);
+        let mut out = BTreeMap::new();
+        for e in entries {
+            match self.layout.parse(&e.key) {
+                Some(p) => {
+                    out.entry((p.chain, p.seq)).or_insert(e.version_id);
+                }
+                None => {
+                    tracing::warn!(key = %e.key, "unexpected object in the archive's prefix, ignored")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored batch `seq` of `chain`: the key's oldest version, the one the conditional
+    /// write made. Not the current object: a delete marker may hide it, and a later version
+    /// (written around the store) is not what the store accepted.
+    async fn read(&self, chain: &ChainKey, seq: u64) -> Result<Option<Object>, StoreError> {
         let key = self.layout.key(chain, seq);
-        let Some(obj) = self.client.get_object(&key, None).await? else {
+        let mut versions = self.client.list_versions(&key).await?;
+        versions.retain(|e| e.key == key && !e.delete_marker);
+        crate::s3::oldest_first(&mut versions);
+        match versions.first() {
+            Some(v) => Ok(self.client.get_object(&key, Some(&v.version_id)).await?),
+            None => Ok(None),
+        }
+    }
+
+    /// Batch `seq` of `chain` (version `version`) decoded into a tip, after checking its place.
+    async fn tip_at(
+        &self,
+        chain: &ChainKey,
+        seq: u64,
+        version: &str,
+    ) -> Result<Option<Tip>, StoreError> {
+        let key = self.layout.key(chain, seq);
+        let Some(obj) = self.client.get_object(&key, Some(version)).await? else {
             return Ok(None);
         };
         let corrupt = |message: String| StoreError::Corrupt {
@@ -194,23 +242,6 @@ impl S3Archive {
             link: env.next_link(),
         }))
     }
-
-    /// The highest stored seq of `chain` after `after`.
-    async fn highest_seq(
-        &self,
-        chain: &ChainKey,
-        after: Option<u64>,
-    ) -> Result<Option<u64>, StoreError> {
-        let prefix = self.layout.chain_prefix(chain);
-        let start = after.map(|s| self.layout.key(chain, s));
-        let keys = self.client.list_keys(&prefix, start.as_deref()).await?;
-        Ok(keys
-            .iter()
-            .filter_map(|k| self.layout.parse(k))
-            .filter(|p| p.chain == *chain)
-            .map(|p| p.seq)
-            .max())
-    }
 }
 
 fn day_of(obj_meta: &std::collections::BTreeMap<String, String>) -> String {
@@ -222,22 +253,15 @@ fn day_of(obj_meta: &std::collections::BTreeMap<String, String>) -> String {
 
 impl ArchiveBackend for S3Archive {
     async fn recover(&self) -> Result<HashMap<ChainKey, Tip>, StoreError> {
-        let keys = self.client.list_keys(self.layout.root(), None).await?;
-        let mut highest: HashMap<ChainKey, u64> = HashMap::new();
-        for key in &keys {
-            match self.layout.parse(key) {
-                Some(p) => {
-                    let h = highest.entry(p.chain).or_insert(0);
-                    *h = (*h).max(p.seq);
-                }
-                None => {
-                    tracing::warn!(key = %key, "unexpected object in the archive's prefix, ignored")
-                }
-            }
+        let stored = self.stored(self.layout.root(), None).await?;
+        // The map is ordered by chain then seq: the last entry of each chain is its tip.
+        let mut newest: HashMap<ChainKey, (u64, String)> = HashMap::new();
+        for ((chain, seq), version) in stored {
+            newest.insert(chain, (seq, version));
         }
         let mut tips = HashMap::new();
-        for (chain, seq) in highest {
-            if let Some(tip) = self.tip_at(&chain, seq).await? {
+        for (chain, (seq, version)) in newest {
+            if let Some(tip) = self.tip_at(&chain, seq, &version).await? {
                 tips.insert(chain, tip);
             }
         }
@@ -274,7 +298,7 @@ impl ArchiveBackend for S3Archive {
             {
                 PutOutcome::Created { .. } => return Ok(day),
                 PutOutcome::PreconditionFailed => {
-                    return match self.client.get_object(&key, None).await? {
+                    return match self.read(chain, seq).await? {
                         Some(obj) if obj.bytes == bytes => Ok(day_of(&obj.metadata)),
                         Some(_) => Err(StoreError::AlreadyStored {
                             path: self.where_is(&key),
@@ -301,10 +325,8 @@ impl ArchiveBackend for S3Archive {
         chain: &ChainKey,
         seq: u64,
     ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
-        let key = self.layout.key(chain, seq);
         Ok(self
-            .client
-            .get_object(&key, None)
+            .read(chain, seq)
             .await?
             .map(|obj| (day_of(&obj.metadata), obj.bytes.to_vec())))
     }
@@ -314,8 +336,13 @@ impl ArchiveBackend for S3Archive {
         chain: &ChainKey,
         known: Option<u64>,
     ) -> Result<Option<Tip>, StoreError> {
-        match self.highest_seq(chain, known).await? {
-            Some(seq) if Some(seq) > known => self.tip_at(chain, seq).await,
+        let prefix = self.layout.chain_prefix(chain);
+        let after = known.map(|s| self.layout.key(chain, s));
+        let stored = self.stored(&prefix, after.as_deref()).await?;
+        match stored.into_iter().rfind(|((c, _), _)| c == chain) {
+            Some(((_, seq), version)) if Some(seq) > known => {
+                self.tip_at(chain, seq, &version).await
+            }
             _ => Ok(None),
         }
     }
