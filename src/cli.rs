@@ -89,8 +89,18 @@ enum Command {
     /// Verify an archive: signatures, payload hashes, sequences and hash chains, and the
     /// custody ledger and its agreement with the archive.
     Verify {
-        #[arg(long)]
-        archive: PathBuf,
+        /// The archive directory (filesystem archive).
+        #[arg(long, required_unless_present = "s3")]
+        archive: Option<PathBuf>,
+        /// Verify the S3 archive of this central store config file (its `[receiver.s3]`):
+        /// every object version is listed, so a delete marker cannot hide a batch.
+        #[arg(long, conflicts_with_all = ["archive", "record_with"])]
+        s3: Option<PathBuf>,
+        /// With --s3: a custody ledger file (`.custody/ledger.jsonl`) of a store instance
+        /// writing to the bucket; repeat for each instance. Default: the config's
+        /// `archive_dir` ledger.
+        #[arg(long, requires = "s3")]
+        ledger: Vec<PathBuf>,
         /// The trusted keys directory (hosts' public keys).
         #[arg(long)]
         keys: PathBuf,
@@ -376,6 +386,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Verify {
             archive,
+            s3,
+            ledger,
             keys,
             store_key,
             record_with,
@@ -384,11 +396,42 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let store_key = store_key
                 .map(|p| keys::load_verifying_key(&p))
                 .transpose()?;
-            let report = crate::verify::verify_with(&archive, &keys, store_key.as_ref());
+            let report = match (&archive, s3) {
+                (Some(archive), _) => {
+                    crate::verify::verify_with(archive, &keys, store_key.as_ref())
+                }
+                (None, Some(config)) => {
+                    let cfg = ReceiverConfig::load(&config).map_err(ConfigFailure)?;
+                    let Some(s3) = &cfg.receiver.s3 else {
+                        return Err(ConfigFailure(config::ConfigError::Invalid {
+                            path: config.clone(),
+                            line: 1,
+                            key: "receiver.s3".into(),
+                            message: "missing: verify --s3 needs the S3 archive's settings".into(),
+                        })
+                        .into());
+                    };
+                    let ledgers = if ledger.is_empty() {
+                        vec![crate::custody::ledger_path(&cfg.receiver.archive_dir)]
+                    } else {
+                        ledger
+                    };
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    runtime.block_on(crate::verify_s3::verify_s3(
+                        s3,
+                        &keys,
+                        store_key.as_ref(),
+                        &ledgers,
+                    ))
+                }
+                (None, None) => unreachable!("clap requires --archive or --s3"),
+            };
             println!("{report}");
-            if let (Some(secret), Some(who)) = (record_with, who) {
+            if let (Some(secret), Some(who), Some(archive)) = (record_with, who, &archive) {
                 let n = crate::custody::append_local(
-                    &archive,
+                    archive,
                     &secret,
                     crate::custody::Event::Verified {
                         who,

@@ -58,6 +58,8 @@ pub struct Report {
     pub ledger_entries: Option<u64>,
     /// `(n, hash)` of the ledger's last entry.
     pub ledger_head: Option<(u64, Hash)>,
+    /// `(ledger file, n, hash)` of every ledger's last entry (several with a shared archive).
+    pub ledger_heads: Vec<(String, u64, Hash)>,
     /// One line each, naming the file or directory.
     pub problems: Vec<String>,
 }
@@ -79,7 +81,15 @@ impl fmt::Display for Report {
             write!(f, "ledger entries: {n}, ")?;
         }
         writeln!(f, "problems: {}", self.problems.len())?;
-        if let Some((n, hash)) = self.ledger_head {
+        if self.ledger_heads.len() > 1 {
+            for (path, n, hash) in &self.ledger_heads {
+                writeln!(
+                    f,
+                    "ledger head of {path}: entry {n} sha256 {}",
+                    hex::encode(hash)
+                )?;
+            }
+        } else if let Some((n, hash)) = self.ledger_head {
             writeln!(f, "ledger head: entry {n} sha256 {}", hex::encode(hash))?;
         }
         for p in &self.problems {
@@ -92,6 +102,8 @@ impl fmt::Display for Report {
 /// One `accepted` entry, as far as verify needs it.
 #[derive(Debug, Clone)]
 struct Recorded {
+    /// The ledger file that recorded it.
+    path: String,
     line: u64,
     day: String,
     sha256: String,
@@ -127,6 +139,19 @@ pub fn verify(archive: &Path, keys: &Path) -> Report {
 /// [`verify`], checking the ledger's signatures against `store_key`. With a store key, a
 /// missing ledger is a problem.
 pub fn verify_with(archive: &Path, keys: &Path, store_key: Option<&VerifyingKey>) -> Report {
+    verify_with_ledgers(archive, keys, store_key, &[custody::ledger_path(archive)])
+}
+
+/// [`verify_with`] against the given ledger files instead of the archive's own: several
+/// store instances sharing one archive (`crate::verify_s3`) each keep a ledger. Every
+/// ledger is checked on its own; a batch must be recorded as accepted in at least one, and
+/// two ledgers recording one seq must agree on its bytes and day.
+pub fn verify_with_ledgers(
+    archive: &Path,
+    keys: &Path,
+    store_key: Option<&VerifyingKey>,
+    ledgers: &[std::path::PathBuf],
+) -> Report {
     let mut report = Report::default();
     let listing = match archive::list(archive) {
         Ok(l) => l,
@@ -142,7 +167,12 @@ pub fn verify_with(archive: &Path, keys: &Path, store_key: Option<&VerifyingKey>
         ));
     }
     let mut key_cache: HashMap<String, HashMap<String, VerifyingKey>> = HashMap::new();
-    let ledger = read_ledger(archive, keys, store_key, &mut key_cache, &mut report);
+    let mut ledger: Option<BTreeMap<ChainId, LedgerChain>> = None;
+    for path in ledgers {
+        if let Some(one) = read_ledger(path, keys, store_key, &mut key_cache, &mut report) {
+            merge_ledger(ledger.get_or_insert_with(BTreeMap::new), one, &mut report);
+        }
+    }
     let mut hosts = BTreeSet::new();
     let mut seen = BTreeSet::new();
     for chain in &listing.chains {
@@ -196,14 +226,39 @@ static EMPTY: LedgerChain = LedgerChain {
     retained: Vec::new(),
 };
 
+/// Adds one ledger's chains to `into`: the same seq recorded by two ledgers must be the same
+/// batch on the same day.
+fn merge_ledger(
+    into: &mut BTreeMap<ChainId, LedgerChain>,
+    one: BTreeMap<ChainId, LedgerChain>,
+    report: &mut Report,
+) {
+    for (id, lc) in one {
+        let target = into.entry(id.clone()).or_default();
+        for (seq, rec) in lc.accepted {
+            match target.accepted.get(&seq) {
+                None => {
+                    target.accepted.insert(seq, rec);
+                }
+                Some(first) if first.sha256 == rec.sha256 && first.day == rec.day => {}
+                Some(first) => report.problems.push(format!(
+                    "{}: line {}: seq {seq} of {}/{}/{} was accepted as another batch (or on another day) in {} line {}",
+                    rec.path, rec.line, id.0, id.1, id.2, first.path, first.line
+                )),
+            }
+        }
+        target.gaps.extend(lc.gaps);
+        target.retained.extend(lc.retained);
+    }
+}
+
 fn read_ledger(
-    archive: &Path,
+    path: &Path,
     keys: &Path,
     store_key: Option<&VerifyingKey>,
     key_cache: &mut HashMap<String, HashMap<String, VerifyingKey>>,
     report: &mut Report,
 ) -> Option<BTreeMap<ChainId, LedgerChain>> {
-    let path = custody::ledger_path(archive);
     if !path.exists() {
         if store_key.is_some() {
             report
@@ -213,7 +268,7 @@ fn read_ledger(
         }
         return None;
     }
-    let read = match custody::read(&path, store_key) {
+    let read = match custody::read(path, store_key) {
         Ok(r) => r,
         Err(e) => {
             report.problems.push(e.to_string());
@@ -221,8 +276,13 @@ fn read_ledger(
         }
     };
     report.problems.extend(read.problems);
-    report.ledger_entries = Some(read.entries.len() as u64);
+    report.ledger_entries = Some(report.ledger_entries.unwrap_or(0) + read.entries.len() as u64);
     report.ledger_head = read.head;
+    if let Some((n, hash)) = read.head {
+        report
+            .ledger_heads
+            .push((path.display().to_string(), n, hash));
+    }
     let p = path.display();
     let mut out: BTreeMap<ChainId, LedgerChain> = BTreeMap::new();
     let id = |c: &custody::ChainRef| (c.host.clone(), c.stream.clone(), c.chain.clone());
@@ -237,6 +297,7 @@ fn read_ledger(
                 ..
             } => {
                 let rec = Recorded {
+                    path: p.to_string(),
                     line,
                     day,
                     sha256: envelope_sha256,

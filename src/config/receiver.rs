@@ -41,6 +41,83 @@ pub struct ReceiverSection {
     pub access: Option<ReceiverAccess>,
     /// Retention per stream, enforced by a periodic sweep; off when absent.
     pub retention: Option<ReceiverRetention>,
+    /// Archive batches in S3-compatible object storage with Object Lock instead of under
+    /// `archive_dir` (which then holds only this instance's custody ledger).
+    pub s3: Option<ReceiverS3>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverS3 {
+    /// `http(s)://host[:port]` of the S3 API (path-style requests).
+    pub endpoint: String,
+    pub bucket: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Key prefix of the archive inside the bucket (no leading or trailing `/` needed).
+    #[serde(default)]
+    pub prefix: String,
+    /// Credentials; when absent, `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Object Lock (compliance mode) retention per stream, in days from the write; `"*"`
+    /// (required) is every other stream.
+    pub retain_days: std::collections::BTreeMap<String, u64>,
+    /// This store instance's name, unique among the instances sharing the bucket; recorded
+    /// on every object it writes. Default: the hostname.
+    pub instance_id: Option<String>,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+impl ReceiverS3 {
+    /// Object Lock days for `stream`.
+    pub fn retain_days_for(&self, stream: &str) -> u64 {
+        self.retain_days
+            .get(stream)
+            .or_else(|| self.retain_days.get("*"))
+            .copied()
+            .unwrap_or(1)
+    }
+
+    /// The key prefix without surrounding slashes (may be empty).
+    pub fn prefix(&self) -> &str {
+        self.prefix.trim_matches('/')
+    }
+
+    /// The client settings, credentials from the file or else the environment.
+    pub fn settings(&self) -> Result<crate::s3::S3Settings, String> {
+        let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let access_key_id = self
+            .access_key_id
+            .clone()
+            .or_else(|| from_env("AWS_ACCESS_KEY_ID"))
+            .ok_or("no access_key_id and no AWS_ACCESS_KEY_ID in the environment")?;
+        let secret_access_key = self
+            .secret_access_key
+            .clone()
+            .or_else(|| from_env("AWS_SECRET_ACCESS_KEY"))
+            .ok_or("no secret_access_key and no AWS_SECRET_ACCESS_KEY in the environment")?;
+        Ok(crate::s3::S3Settings {
+            endpoint: self.endpoint.clone(),
+            bucket: self.bucket.clone(),
+            region: self.region.clone(),
+            access_key_id,
+            secret_access_key,
+        })
+    }
+
+    /// This instance's id: the configured one or the hostname.
+    pub fn instance(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "logveil".into())
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -181,8 +258,85 @@ impl ReceiverConfig {
                 }
             }
         }
+        if let Some(s3) = &r.s3 {
+            validate_s3(&src, s3)?;
+            if r.retention.is_some() {
+                return Err(src.error(
+                    "receiver.retention",
+                    "not available with receiver.s3: objects are kept by Object Lock (receiver.s3.retain_days)",
+                ));
+            }
+            if r.access.is_some() {
+                return Err(src.error(
+                    "receiver.access",
+                    "the read API is not available with receiver.s3 yet",
+                ));
+            }
+        }
         Ok(cfg)
     }
+}
+
+fn validate_s3(src: &Source<'_>, s3: &ReceiverS3) -> Result<(), ConfigError> {
+    let ep = s3.endpoint.as_str();
+    let rest = ep
+        .strip_prefix("https://")
+        .or_else(|| ep.strip_prefix("http://"));
+    match rest {
+        Some(host)
+            if !host.trim_end_matches('/').is_empty()
+                && !host.trim_end_matches('/').contains('/') => {}
+        _ => {
+            return Err(src.error(
+                "receiver.s3.endpoint",
+                "must be http(s)://host[:port] without a path",
+            ))
+        }
+    }
+    let bucket_ok = (3..=63).contains(&s3.bucket.len())
+        && s3
+            .bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !bucket_ok {
+        return Err(src.error(
+            "receiver.s3.bucket",
+            "must be 3 to 63 characters of a-z, 0-9, '-' and '.'",
+        ));
+    }
+    if !s3
+        .prefix()
+        .split('/')
+        .all(|p| s3.prefix().is_empty() || crate::envelope::is_safe_identifier(p))
+    {
+        return Err(src.error(
+            "receiver.s3.prefix",
+            "must be '/'-separated parts of [A-Za-z0-9._-]",
+        ));
+    }
+    if !s3.retain_days.contains_key("*") {
+        return Err(src.error(
+            "receiver.s3.retain_days",
+            "needs \"*\" (the Object Lock days of every other stream)",
+        ));
+    }
+    for (stream, days) in &s3.retain_days {
+        if *days == 0 {
+            return Err(src.error(
+                &format!("receiver.s3.retain_days.{stream}"),
+                "must be at least 1",
+            ));
+        }
+    }
+    if let Some(id) = &s3.instance_id {
+        if !crate::envelope::is_safe_identifier(id) {
+            return Err(src.error("receiver.s3.instance_id", "must be [A-Za-z0-9._-]"));
+        }
+    }
+    if let Err(e) = s3.settings() {
+        return Err(src.error("receiver.s3", e));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -202,5 +356,68 @@ mod tests {
         );
         let ok = text.replace(", legal = 365", "");
         ReceiverConfig::from_text(Path::new("store.toml"), &ok).unwrap();
+    }
+
+    const BASE: &str =
+        "[receiver]\nlisten = \"127.0.0.1:1\"\narchive_dir = \"/a\"\ntrusted_keys_dir = \"/k\"\n";
+    const S3: &str = "[receiver.s3]\nendpoint = \"http://127.0.0.1:8333\"\nbucket = \"logs\"\naccess_key_id = \"k\"\nsecret_access_key = \"s\"\nretain_days = { \"*\" = 30, audit = 365 }\n";
+
+    fn load(text: &str) -> Result<ReceiverConfig, String> {
+        ReceiverConfig::from_text(Path::new("c.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_s3_section_is_read_with_defaults() {
+        let cfg = load(&format!("{BASE}{S3}prefix = \"/archive/\"\n")).unwrap();
+        let s3 = cfg.receiver.s3.unwrap();
+        assert_eq!(s3.region, "us-east-1");
+        assert_eq!(s3.prefix(), "archive");
+        assert_eq!(s3.retain_days_for("audit"), 365);
+        assert_eq!(s3.retain_days_for("default"), 30);
+        assert_eq!(s3.settings().unwrap().access_key_id, "k");
+    }
+
+    #[test]
+    fn bad_s3_settings_name_their_key() {
+        for (extra, key) in [
+            ("", ""),
+            ("prefix = \"a/../b\"\n", "receiver.s3.prefix"),
+            ("instance_id = \"a b\"\n", "receiver.s3.instance_id"),
+        ] {
+            let text = format!("{BASE}{S3}{extra}");
+            match load(&text) {
+                Ok(_) if key.is_empty() => {}
+                Ok(_) => panic!("{extra} accepted"),
+                Err(e) => assert!(e.contains(key), "{e}"),
+            }
+        }
+        let cases = [
+            (
+                S3.replace("http://127.0.0.1:8333", "127.0.0.1:8333"),
+                "receiver.s3.endpoint",
+            ),
+            (
+                S3.replace("http://127.0.0.1:8333", "http://h/path"),
+                "receiver.s3.endpoint",
+            ),
+            (
+                S3.replace("\"logs\"", "\"Logs_Bucket\""),
+                "receiver.s3.bucket",
+            ),
+            (S3.replace("\"*\" = 30, ", ""), "receiver.s3.retain_days"),
+            (
+                S3.replace("audit = 365", "audit = 0"),
+                "receiver.s3.retain_days.audit",
+            ),
+        ];
+        for (s3, key) in cases {
+            let e = load(&format!("{BASE}{s3}")).unwrap_err();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        let with_retention = format!(
+            "{BASE}store_key = \"/s\"\n[receiver.retention]\nretention_days = {{ \"*\" = 1 }}\n{S3}"
+        );
+        let e = load(&with_retention).unwrap_err();
+        assert!(e.contains("receiver.retention"), "{e}");
     }
 }

@@ -19,6 +19,13 @@
 //! archive's tip (batches removed from the archive, not by retention) raises an alert, and
 //! the ledger's head wins so the chain cannot be re-written.
 //!
+//! On an archive shared by several store instances (S3, `super::s3_archive`) each keeps its
+//! own tips, which can fall behind: a batch that looks ahead of the tip (`seq_gap`), or a
+//! put that finds its seq already taken by other bytes, makes the instance reload that
+//! chain's tip from the archive once (`ArchiveBackend::newer_tip`) and decide again. At
+//! start it records as `recovered` only the unrecorded batches it wrote itself
+//! (`ArchiveBackend::written_here`); the others are in their writers' ledgers.
+//!
 //! With mutual TLS, the client certificate must be valid for the batch's host id (its
 //! subject alternative names), else 403 `host_mismatch`.
 //!
@@ -292,43 +299,82 @@ impl<A: ArchiveBackend> Ingest<A> {
         };
         let lock = self.chain_lock(&key);
         let mut tip = lock.lock().await;
-        match decide(*tip, h.seq, &h.prev_hash) {
-            Decision::Store => {
-                let day = self
-                    .archive
-                    .put(&key, h.seq, batch.bytes.clone())
-                    .await
-                    .map_err(InternalError::from)?;
-                if let Some(ledger) = &self.ledger {
-                    let event = accepted_event(&key, &batch, day, false);
-                    ledger.record(event).await.map_err(InternalError::from)?;
+        // On a shared backend another instance may have moved the chain on: a batch that
+        // looks ahead of our tip, or a seq taken under our feet, is checked against the
+        // backend's tip once before it is refused.
+        let mut refreshed = false;
+        loop {
+            let decision = decide(*tip, h.seq, &h.prev_hash);
+            let stale = match &decision {
+                Decision::Reject(Rejection::SeqGap { seq, expected_seq }) => seq > expected_seq,
+                _ => false,
+            };
+            if stale && !refreshed {
+                refreshed = true;
+                if self.refresh_tip(&key, &mut tip).await? {
+                    continue;
                 }
-                *tip = Some(Tip {
-                    seq: h.seq,
-                    link: batch.link,
-                });
-                self.metrics.batches_accepted.inc();
-                self.metrics.records_accepted.inc_by(batch.records);
-                self.metrics.bytes_accepted.inc_by(batch.bytes.len() as u64);
-                tracing::debug!(host = %h.host_id, stream = %h.stream, seq = h.seq, records = batch.records, "batch stored");
-                Ok(Accepted::Stored { seq: h.seq })
             }
-            Decision::CompareStored => {
-                let current = tip.expect("CompareStored implies a tip");
-                let stored = self
-                    .archive
-                    .get(&key, h.seq)
-                    .await
-                    .map_err(InternalError::from)?;
-                resolve_stored(
-                    current,
-                    h.seq,
-                    stored.as_ref().map(|(_, b)| b.as_slice()),
-                    &batch.bytes,
-                )?;
-                Ok(Accepted::Duplicate { seq: h.seq })
+            return match decision {
+                Decision::Store => {
+                    let day = match self.archive.put(&key, h.seq, batch.bytes.clone()).await {
+                        Ok(day) => day,
+                        Err(StoreError::AlreadyStored { .. }) if !refreshed => {
+                            refreshed = true;
+                            self.refresh_tip(&key, &mut tip).await?;
+                            continue;
+                        }
+                        Err(e) => return Err(InternalError::from(e).into()),
+                    };
+                    if let Some(ledger) = &self.ledger {
+                        let event = accepted_event(&key, &batch, day, false);
+                        ledger.record(event).await.map_err(InternalError::from)?;
+                    }
+                    *tip = Some(Tip {
+                        seq: h.seq,
+                        link: batch.link,
+                    });
+                    self.metrics.batches_accepted.inc();
+                    self.metrics.records_accepted.inc_by(batch.records);
+                    self.metrics.bytes_accepted.inc_by(batch.bytes.len() as u64);
+                    tracing::debug!(host = %h.host_id, stream = %h.stream, seq = h.seq, records = batch.records, "batch stored");
+                    Ok(Accepted::Stored { seq: h.seq })
+                }
+                Decision::CompareStored => {
+                    let current = tip.expect("CompareStored implies a tip");
+                    let stored = self
+                        .archive
+                        .get(&key, h.seq)
+                        .await
+                        .map_err(InternalError::from)?;
+                    resolve_stored(
+                        current,
+                        h.seq,
+                        stored.as_ref().map(|(_, b)| b.as_slice()),
+                        &batch.bytes,
+                    )?;
+                    Ok(Accepted::Duplicate { seq: h.seq })
+                }
+                Decision::Reject(r) => Err(r.into()),
+            };
+        }
+    }
+
+    /// Moves `tip` to the backend's newer tip, if it has one; `true` when it moved.
+    async fn refresh_tip(&self, key: &ChainKey, tip: &mut Option<Tip>) -> Result<bool, Refusal> {
+        let known = tip.map(|t| t.seq);
+        match self
+            .archive
+            .newer_tip(key, known)
+            .await
+            .map_err(InternalError::from)?
+        {
+            Some(newer) => {
+                tracing::debug!(host = %key.host, stream = %key.stream, from = ?known, to = newer.seq, "chain tip refreshed from the shared archive");
+                *tip = Some(newer);
+                Ok(true)
             }
-            Decision::Reject(r) => Err(r.into()),
+            None => Ok(false),
         }
     }
 
@@ -386,6 +432,10 @@ impl<A: ArchiveBackend> Ingest<A> {
         };
         let lock = self.chain_lock(&key);
         let mut tip = lock.lock().await;
+        if s.from > tip.map_or(0, |t| t.seq) + 1 {
+            // Another instance sharing the archive may have moved the chain on.
+            self.refresh_tip(&key, &mut tip).await?;
+        }
         let (last, _) = tip.map_or((0, [0; 32]), |t| (t.seq, t.link));
         if *tip
             == Some(Tip {
@@ -487,6 +537,10 @@ async fn reconcile<A: ArchiveBackend>(
         let l = head.map_or(0, |t| t.seq);
         if a > l {
             for seq in l + 1..=a {
+                // A shared backend holds other instances' batches, recorded in their ledgers.
+                if !archive.written_here(&key, seq).await? {
+                    continue;
+                }
                 let Some((day, bytes)) = archive.get(&key, seq).await? else {
                     continue;
                 };
@@ -740,6 +794,114 @@ mod tests {
         assert_eq!(stored, 1);
         assert_eq!(fx.files(), 1);
         assert_eq!(ingest.metrics().batches_duplicate.get(), 19);
+    }
+
+    /// A backend shared by several `Ingest`s, like one bucket behind several stores.
+    type Objects = BTreeMap<(ChainKey, u64), Vec<u8>>;
+
+    #[derive(Clone, Default)]
+    struct SharedMem(Arc<Mutex<Objects>>);
+
+    impl ArchiveBackend for SharedMem {
+        async fn recover(&self) -> Result<HashMap<ChainKey, Tip>, StoreError> {
+            Ok(HashMap::new())
+        }
+        async fn put(
+            &self,
+            chain: &ChainKey,
+            seq: u64,
+            bytes: Bytes,
+        ) -> Result<String, StoreError> {
+            let mut m = self.0.lock().unwrap();
+            match m.get(&(chain.clone(), seq)) {
+                Some(stored) if *stored == bytes => {}
+                Some(_) => return Err(StoreError::AlreadyStored { path: "mem".into() }),
+                None => {
+                    m.insert((chain.clone(), seq), bytes.to_vec());
+                }
+            }
+            Ok("2026-01-01".into())
+        }
+        async fn get(
+            &self,
+            chain: &ChainKey,
+            seq: u64,
+        ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+            let m = self.0.lock().unwrap();
+            Ok(m.get(&(chain.clone(), seq))
+                .map(|b| ("2026-01-01".to_string(), b.clone())))
+        }
+        async fn newer_tip(
+            &self,
+            chain: &ChainKey,
+            known: Option<u64>,
+        ) -> Result<Option<Tip>, StoreError> {
+            let m = self.0.lock().unwrap();
+            let newest = m
+                .iter()
+                .filter(|((c, s), _)| c == chain && Some(*s) > known)
+                .max_by_key(|((_, s), _)| *s);
+            Ok(newest.map(|((_, seq), bytes)| Tip {
+                seq: *seq,
+                link: Envelope::decode(bytes).unwrap().next_link(),
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn stores_sharing_a_backend_take_turns_on_one_chain_exactly_once() {
+        let keys = tempfile::tempdir().unwrap();
+        let shared = SharedMem::default();
+        let new = || async {
+            Ingest::new(
+                shared.clone(),
+                keys.path().into(),
+                1 << 20,
+                ReceiverMetrics::default(),
+                None,
+            )
+            .await
+            .unwrap()
+        };
+        let (a, b) = (new().await, new().await);
+        let mut c = Chain::new("web-1", "default", [1; 16]);
+        c.enroll(keys.path());
+        let batches: Vec<Bytes> = (0..6).map(|_| Bytes::from(c.next_data(&["x"]))).collect();
+        let p = Peer::default();
+        // 1 → a, 2 → b (b refreshes from the backend), 3 → a (refreshes), …
+        for (i, batch) in batches.iter().enumerate() {
+            let store = if i % 2 == 0 { &a } else { &b };
+            let seq = i as u64 + 1;
+            assert_eq!(
+                store.ingest(batch.clone(), &p).await.unwrap(),
+                Accepted::Stored { seq }
+            );
+        }
+        // A resend of a batch the other store wrote is acknowledged, not written again.
+        assert_eq!(
+            a.ingest(batches[5].clone(), &p).await.unwrap(),
+            Accepted::Stored { seq: 6 }
+        );
+        assert_eq!(
+            b.ingest(batches[0].clone(), &p).await.unwrap(),
+            Accepted::Duplicate { seq: 1 }
+        );
+        assert_eq!(shared.0.lock().unwrap().len(), 6);
+        // A fork of a seq the other store holds is refused, even by a store that lags.
+        let lagging = new().await;
+        let mut fork = Chain::new("web-1", "default", [1; 16]);
+        let r = rejected(
+            lagging
+                .ingest(Bytes::from(fork.next_data(&["forged"])), &p)
+                .await,
+        );
+        assert_eq!((r.code(), r.expected_seq()), ("seq_conflict", Some(7)));
+        // A gap past the backend's tip is still a gap.
+        let mut ahead = Chain::new("web-1", "default", [1; 16]);
+        ahead.seq = 8;
+        ahead.link = [7; 32];
+        let r = rejected(b.ingest(Bytes::from(ahead.next_data(&["x"])), &p).await);
+        assert_eq!((r.code(), r.expected_seq()), ("seq_gap", Some(7)));
     }
 
     #[tokio::test]

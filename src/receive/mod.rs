@@ -20,7 +20,8 @@
 //!
 //! Modules, in the order a batch meets them: `server` (listener, TLS, connections) → `http`
 //! (routes, body limits, JSON answers) → `ingest` (orchestration, metrics, logs) →
-//! `validate` (stateless checks) → `chain` (sequence rules) → `store` (the archive backend);
+//! `validate` (stateless checks) → `chain` (sequence rules) → `store` (the archive backend:
+//! the filesystem, or `s3_archive`, S3 with Object Lock, shareable by several instances);
 //! `gap` (declared gaps); `read` (the operators' read API, every read in the ledger);
 //! `retention` (the periodic sweep of expired days).
 //! Startup: validate TLS files, recover chain state from the archive (removing temp files of
@@ -38,6 +39,7 @@ pub mod http;
 pub mod ingest;
 pub mod read;
 pub mod retention;
+pub mod s3_archive;
 pub mod server;
 pub mod store;
 pub mod tls;
@@ -47,6 +49,7 @@ pub mod validate;
 pub(crate) mod test_support;
 
 pub use ingest::{Accepted, Ingest, Peer};
+pub use s3_archive::S3Archive;
 pub use store::{ArchiveBackend, ChainKey, FsArchive, StoreError};
 pub use validate::Rejection;
 
@@ -75,11 +78,26 @@ pub enum ReceiveError {
     },
 }
 
-/// Prepares the store (TLS, archive recovery) and binds `cfg.receiver.listen`.
+/// Prepares the store (TLS, archive recovery) and binds `cfg.receiver.listen`, with the
+/// filesystem archive under `archive_dir`.
 pub async fn bind(
     cfg: &ReceiverConfig,
     metrics: ReceiverMetrics,
 ) -> Result<server::Server<FsArchive>, ReceiveError> {
+    let r = &cfg.receiver;
+    let archive = FsArchive::open(&r.archive_dir).map_err(|source| ReceiveError::Archive {
+        path: r.archive_dir.clone(),
+        source,
+    })?;
+    bind_with(cfg, archive, metrics).await
+}
+
+/// [`bind`] with a given archive backend; `archive_dir` holds the custody ledger.
+pub async fn bind_with<A: ArchiveBackend>(
+    cfg: &ReceiverConfig,
+    archive: A,
+    metrics: ReceiverMetrics,
+) -> Result<server::Server<A>, ReceiveError> {
     let r = &cfg.receiver;
     let tls = match &r.tls {
         Some(t) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(t)?)),
@@ -89,7 +107,6 @@ pub async fn bind(
         path: r.archive_dir.clone(),
         source,
     };
-    let archive = FsArchive::open(&r.archive_dir).map_err(archive_err)?;
     let ledger = match &r.store_key {
         Some(path) => {
             let key = crate::envelope::keys::load_signing_key(path)?;
@@ -148,7 +165,42 @@ pub async fn bind(
 /// `[telemetry] listen` is set. If telemetry fails, the store stops too.
 pub async fn run(cfg: ReceiverConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = ReceiverMetrics::default();
-    let server = bind(&cfg, metrics.clone()).await?;
+    match &cfg.receiver.s3 {
+        None => {
+            let server = bind(&cfg, metrics.clone()).await?;
+            serve(cfg, server, metrics, shutdown).await
+        }
+        Some(s3) => {
+            let archive = S3Archive::open(s3)
+                .await
+                .map_err(|source| ReceiveError::Archive {
+                    path: format!("s3://{}/{}", s3.bucket, s3.prefix()).into(),
+                    source,
+                })?;
+            // The ledger (and nothing else) lives in archive_dir.
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o700,
+            )
+            .create(&cfg.receiver.archive_dir)?;
+            tracing::info!(
+                bucket = %s3.bucket,
+                prefix = %s3.prefix(),
+                instance = %archive.instance(),
+                "archiving to S3 with Object Lock"
+            );
+            let server = bind_with(&cfg, archive, metrics.clone()).await?;
+            serve(cfg, server, metrics, shutdown).await
+        }
+    }
+}
+
+async fn serve<A: ArchiveBackend>(
+    cfg: ReceiverConfig,
+    server: server::Server<A>,
+    metrics: ReceiverMetrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let addr = server.local_addr()?;
     tracing::info!(
         %addr,

@@ -1,7 +1,8 @@
 //! Where accepted batches go: the [`ArchiveBackend`] interface and its filesystem backend.
 //!
 //! The receiver talks to storage only through [`ArchiveBackend`], so another backend (S3 with
-//! Object Lock) can replace [`FsArchive`] without touching the chain rules. A backend promises:
+//! Object Lock, `super::s3_archive`) can replace [`FsArchive`] without touching the chain
+//! rules. A backend promises:
 //! - [`ArchiveBackend::put`] returns only once the batch is durable, never replaces a stored
 //!   batch, and is idempotent: putting the bytes already stored at that seq succeeds without a
 //!   second write; putting different bytes there fails with [`StoreError::AlreadyStored`].
@@ -58,6 +59,10 @@ pub enum StoreError {
     Archive(#[from] ArchiveError),
     #[error("storage task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    S3(#[from] crate::s3::S3Error),
+    #[error("{0}")]
+    Unprotected(String),
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
@@ -87,6 +92,27 @@ pub trait ArchiveBackend: Send + Sync + 'static {
         chain: &ChainKey,
         seq: u64,
     ) -> impl Future<Output = Result<Option<(String, Vec<u8>)>, StoreError>> + Send;
+
+    /// For a backend shared by several store instances (which each keep their own view of
+    /// the tips): the chain's stored tip when it is past `known` (the caller's tip seq), else
+    /// `None`. A backend only this process writes has nothing newer to tell.
+    fn newer_tip(
+        &self,
+        _chain: &ChainKey,
+        _known: Option<u64>,
+    ) -> impl Future<Output = Result<Option<Tip>, StoreError>> + Send {
+        async { Ok(None) }
+    }
+
+    /// Whether this store instance wrote batch `seq` of `chain` (on a shared backend, start-up
+    /// reconciliation records only its own unrecorded batches in its own ledger).
+    fn written_here(
+        &self,
+        _chain: &ChainKey,
+        _seq: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        async { Ok(true) }
+    }
 }
 
 /// The archive as files under one directory.

@@ -25,7 +25,7 @@ fn read_certs(path: &Path) -> anyhow::Result<Vec<rustls::pki_types::CertificateD
     Ok(certs)
 }
 
-pub(crate) fn tls_config(tls: Option<&SinkTls>) -> anyhow::Result<rustls::ClientConfig> {
+pub fn tls_config(tls: Option<&SinkTls>) -> anyhow::Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     match tls.and_then(|t| t.ca.as_deref()) {

@@ -379,3 +379,36 @@ pub fn metric(port: u16, name: &str) -> Option<f64> {
         .find(|l| l.starts_with(name) && !l.starts_with('#'))
         .and_then(|l| l.split_whitespace().last()?.parse().ok())
 }
+
+/// Runs `logveil` with `args` to completion.
+pub fn run_logveil(args: &[&str]) -> std::process::Output {
+    Command::new(bin()).args(args).output().unwrap()
+}
+
+/// Starts `logveil` with `args` (stderr to `log`); for a `receive`, waits until it listens
+/// on the port of its `--config`'s `listen`.
+pub fn spawn_logveil(args: &[&str], log: &Path) -> Proc {
+    let child = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(open_append(log))
+        .spawn()
+        .unwrap();
+    let proc = Proc {
+        child: Some(child),
+        log: log.to_path_buf(),
+    };
+    if args.first() == Some(&"receive") {
+        let cfg = std::fs::read_to_string(args[2]).unwrap();
+        let port: u16 = cfg
+            .lines()
+            .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
+            .and_then(|p| p.trim_end_matches('"').parse().ok())
+            .expect("a listen line");
+        wait_until(Duration::from_secs(20), "central store listening", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+    proc
+}
