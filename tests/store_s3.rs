@@ -478,3 +478,32 @@ fn an_object_storage_outage_is_a_retry_for_the_agent_and_loses_nothing() {
     assert!(clean, "{out}");
     assert!(out.contains("records: 1500"), "{out}");
 }
+
+#[test]
+fn a_legal_batch_is_locked_for_its_longest_exception_retention() {
+    let weed = Weed::start();
+    let client = weed.locked_bucket(BUCKET);
+    // The stores's retain_days is 1 for every stream (s3_support).
+    let store = s3_store(&weed, "store-a");
+    let mut host = Host::new("web-1", "legal");
+    host.enroll(&store.path("trusted"));
+    let record = |exception: &str, days: u64| {
+        serde_json::json!({"host": "web-1", "stream": "legal", "timestamp": ts(0),
+            "exception": exception, "retention_days": days, "sealed": "AAAA"})
+    };
+    let batch = host.next_json(&[record("evidence", 400), record("tax-invoice", 3650)]);
+    assert_eq!(store.post(batch), 200, "{}", store.log());
+    let objects = versions(&client, "archive/web-1/legal/");
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    let obj = rt()
+        .block_on(client.get_object(&objects[0].0, None))
+        .unwrap()
+        .expect("stored");
+    assert_eq!(obj.lock_mode.as_deref(), Some("COMPLIANCE"));
+    let until = obj.lock_until.expect("a retain-until date");
+    let until = humantime::parse_rfc3339_weak(until.trim_end_matches('Z'))
+        .or_else(|_| humantime::parse_rfc3339(&until))
+        .unwrap_or_else(|e| panic!("retain-until {until}: {e}"));
+    let at_least = SystemTime::now() + Duration::from_secs(3649 * 86_400);
+    assert!(until > at_least, "locked only until {until:?}");
+}

@@ -142,31 +142,35 @@ fn legal_retention(files: &[&archive::BatchFile]) -> Result<u64, String> {
     for file in files {
         let bytes = std::fs::read(&file.path)
             .map_err(|e| format!("cannot read {}: {e}", file.path.display()))?;
-        let env = Envelope::decode(&bytes).map_err(|e| format!("{}: {e}", file.path.display()))?;
-        if env.header.kind != Kind::Data {
-            continue;
-        }
-        let payload = env
-            .decompress(env.header.decompressed_len)
-            .map_err(|e| format!("{}: {e}", file.path.display()))?;
-        for (n, line) in payload.split(|&b| b == b'\n').enumerate() {
-            if line.is_empty() {
-                continue;
-            }
-            let record_days = serde_json::from_slice::<serde_json::Value>(line)
-                .ok()
-                .and_then(|r| r.get("retention_days").and_then(serde_json::Value::as_u64))
-                .ok_or_else(|| {
-                    format!(
-                        "{}: record {} has no retention_days",
-                        file.path.display(),
-                        n + 1
-                    )
-                })?;
-            days = days.max(record_days);
-        }
+        let batch_days =
+            records_retention(&bytes).map_err(|e| format!("{}: {e}", file.path.display()))?;
+        days = days.max(batch_days.unwrap_or(0));
     }
     Ok(days.max(1))
+}
+
+/// The longest `retention_days` of the records of one envelope (a legal batch); `None`
+/// for a tombstone. An error when a record has none or the envelope cannot be read.
+pub fn records_retention(envelope: &[u8]) -> Result<Option<u64>, String> {
+    let env = Envelope::decode(envelope).map_err(|e| e.to_string())?;
+    if env.header.kind != Kind::Data {
+        return Ok(None);
+    }
+    let payload = env
+        .decompress(env.header.decompressed_len)
+        .map_err(|e| e.to_string())?;
+    let mut days = 0u64;
+    for (n, line) in payload.split(|&b| b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let record_days = serde_json::from_slice::<serde_json::Value>(line)
+            .ok()
+            .and_then(|r| r.get("retention_days").and_then(serde_json::Value::as_u64))
+            .ok_or_else(|| format!("record {} has no retention_days", n + 1))?;
+        days = days.max(record_days);
+    }
+    Ok(Some(days))
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RetentionError + 'a {

@@ -6,7 +6,8 @@
 //! <prefix>/<host_id>/<stream>/<chain_id hex>/<seq, 20 digits>.lvb
 //!     x-amz-meta-logveil-day:      the UTC day (store's clock) of the write, as in the ledger
 //!     x-amz-meta-logveil-instance: the store instance that wrote it
-//!     Object Lock: COMPLIANCE until the write + the stream's retain_days
+//!     Object Lock: COMPLIANCE until the write + the stream's retain_days (for the legal
+//!     stream: or the longest `retention_days` of its records, whichever is longer)
 //! ```
 //!
 //! Unlike the filesystem layout the day is not part of the key: the key is the chain's seq
@@ -271,7 +272,16 @@ impl ArchiveBackend for S3Archive {
     async fn put(&self, chain: &ChainKey, seq: u64, bytes: Bytes) -> Result<String, StoreError> {
         let key = self.layout.key(chain, seq);
         let day = archive::today();
-        let days = self.config.retain_days_for(&chain.stream);
+        let mut days = self.config.retain_days_for(&chain.stream);
+        if chain.stream == crate::access::LEGAL_STREAM {
+            // Legal records carry their exception's retention: lock for the longest.
+            match super::retention::records_retention(&bytes) {
+                Ok(from_records) => days = days.max(from_records.unwrap_or(0)),
+                Err(why) => {
+                    tracing::warn!(chain = %hex::encode(chain.chain_id), seq, reason = %why, "legal batch without a readable retention: locked for the configured retain_days")
+                }
+            }
+        }
         let until = SystemTime::now() + Duration::from_secs(days.saturating_mul(DAY_SECS));
         let headers = [
             ("if-none-match", "*".to_string()),

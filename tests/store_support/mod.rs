@@ -68,10 +68,20 @@ impl Host {
 
     /// The next batch: one record per `(timestamp, user, msg)`.
     pub fn next(&mut self, records: &[(&str, &str, &str)]) -> Vec<u8> {
+        let records: Vec<serde_json::Value> = records
+            .iter()
+            .map(|(ts, user, msg)| {
+                serde_json::json!({"host": self.id, "stream": self.stream,
+                    "timestamp": ts, "user": user, "body": msg})
+            })
+            .collect();
+        self.next_json(&records)
+    }
+
+    /// The next batch over these records, as they are.
+    pub fn next_json(&mut self, records: &[serde_json::Value]) -> Vec<u8> {
         let mut raw = Vec::new();
-        for (ts, user, msg) in records {
-            let rec = serde_json::json!({"host": self.id, "stream": self.stream,
-                "timestamp": ts, "user": user, "body": msg});
+        for rec in records {
             raw.extend_from_slice(rec.to_string().as_bytes());
             raw.push(b'\n');
         }
