@@ -395,3 +395,46 @@ fn exhausted_inotify_instances_fall_back_to_polling() {
 fn exhausted_inotify_watches_fall_back_to_polling() {
     inotify_exhausted_falls_back_to_polling("max_inotify_watches");
 }
+
+#[test]
+fn a_parked_file_renamed_to_an_unmatched_name_before_its_new_lines_were_read_loses_none() {
+    let mut w = World::new();
+    w.sources = source(&w, "*.log", "max_open_files = 2");
+    let _store = w.start_receiver();
+    let agent = w.start_agent();
+    let [a, b, c] = ["a.log", "b.log", "c.log"].map(|n| w.logs().join(n));
+    // One file at a time, so the least recently active one (a.log) is the one closed
+    // to open the third.
+    write_lines(&a, "a", 0, 100);
+    w.wait_records(100, LONG);
+    write_lines(&b, "b", 0, 100);
+    w.wait_records(200, LONG);
+    write_lines(&c, "c", 0, 100);
+    w.wait_records(300, LONG);
+    wait_until(LONG, "a.log parked (its descriptor closed)", || {
+        fds_to(agent.pid(), "a.log") == 0 && fds_to(agent.pid(), "c.log") == 1
+    });
+    // New lines in the parked file, then a rename to a name `*.log` does not match, then
+    // more lines into it under that name; a new a.log appears.
+    write_lines(&a, "a", 100, 3000);
+    let rotated = w.logs().join("a.log-20261204");
+    std::fs::rename(&a, &rotated).unwrap();
+    write_lines(&rotated, "a", 3000, 3500);
+    write_lines(&a, "new", 0, 50);
+    let mut expected = lines("a", 0, 3500);
+    expected.extend(lines("b", 0, 100));
+    expected.extend(lines("c", 0, 100));
+    expected.extend(lines("new", 0, 50));
+    let records = w.wait_records(expected.len(), LONG);
+    assert_each_once(&records, &expected);
+    // Read to its end, then let go.
+    wait_until(LONG, "the renamed file closed", || {
+        fds_to(agent.pid(), "a.log-20261204") == 0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        w.records().len(),
+        expected.len(),
+        "something was read twice later"
+    );
+}

@@ -46,7 +46,10 @@
 //! At most `max_open_files` descriptors per source. To open a file, the least recently
 //! active one that is read to its end, holds nothing back and is still present is parked
 //! (descriptor closed, state kept); a parked file is reopened by path when it changes and
-//! kept only if device, inode and fingerprint match. When nothing can be parked, new
+//! kept only if device, inode and fingerprint match. A parked file gone from every
+//! matched path is looked for by device and inode in the directory it was last seen in;
+//! if it grew there (renamed to an unmatched name) and its first bytes match, it is
+//! reopened and read to its end before it is closed. When nothing can be parked, new
 //! files wait for the next scan.
 //!
 //! # Checkpoint expiry
