@@ -147,6 +147,11 @@ pub struct Line {
     /// are still held (an unfinished multiline record or CRI/Docker partial of the other
     /// stream); never later.
     pub end: u64,
+    /// With `end`: per stream (stdout, stderr, lines without one), the offset up to which
+    /// that stream's lines were handed over, when past `end` (else 0). A resume at `end`
+    /// drops the lines of a stream that start before its mark: they were shipped while a
+    /// fragment of the other stream held `end` back. See `assemble`.
+    pub shipped_to: [u64; 3],
     /// The line's bytes without the line end (`\n`, or `\r\n`).
     pub bytes: Vec<u8>,
     /// When the agent read it.

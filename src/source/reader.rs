@@ -871,6 +871,7 @@ impl ReadLoop {
             head_len: 0,
             head_hash: [0; 32],
             updated_unix: now,
+            shipped_to: [0; 3],
         };
         for id in &forget {
             if let Some(c) = self
