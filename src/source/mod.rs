@@ -74,7 +74,9 @@
 //!
 //! # Records
 //! Framed lines go through the `assemble` stage (container formats, multiline; see that
-//! module) when the source has one; its held lines keep the checkpoint before them.
+//! module) when the source has one; its held lines keep the checkpoint before them. Lines
+//! of another stream emitted past a held fragment are recorded per stream in the
+//! checkpoint (`shipped_to`), so a resume before the fragment does not ship them again.
 //!
 //! # Framing
 //! A line ends at `\n`; a `\r` right before the `\n` is not part of it; a lone `\r` is. A
