@@ -54,9 +54,9 @@ pub struct Checkpoint {
     pub head_len: u32,
     pub head_hash: [u8; 32],
     pub updated_unix: u64,
-    /// Per stream (stdout, stderr, lines without one): lines of that stream starting
-    /// before this offset, and at or after `offset`, were already sealed (a fragment of
-    /// the other stream held `offset` back). A mark not past `offset` means nothing.
+    /// Per stream (stdout, stderr, lines without one), a mark: the lines of that stream
+    /// starting at or after `offset` and before the mark were already sealed (a fragment
+    /// of another stream held `offset` back). A mark not past `offset` means nothing.
     pub shipped_to: [u64; 3],
 }
 
