@@ -409,3 +409,223 @@ fn exhausted_inotify_instances_fall_back_to_polling() {
 fn exhausted_inotify_watches_fall_back_to_polling() {
     inotify_exhausted_falls_back_to_polling("max_inotify_watches");
 }
+
+#[test]
+fn a_parked_file_renamed_to_an_unmatched_name_before_its_new_lines_were_read_loses_none() {
+    let mut w = World::new();
+    w.sources = source(&w, "*.log", "max_open_files = 2");
+    let _store = w.start_receiver();
+    let agent = w.start_agent();
+    let [a, b, c] = ["a.log", "b.log", "c.log"].map(|n| w.logs().join(n));
+    // One file at a time, so the least recently active one (a.log) is the one closed
+    // to open the third.
+    write_lines(&a, "a", 0, 100);
+    w.wait_records(100, LONG);
+    write_lines(&b, "b", 0, 100);
+    w.wait_records(200, LONG);
+    write_lines(&c, "c", 0, 100);
+    w.wait_records(300, LONG);
+    wait_until(LONG, "a.log parked (its descriptor closed)", || {
+        fds_to(agent.pid(), "a.log") == 0 && fds_to(agent.pid(), "c.log") == 1
+    });
+    // New lines in the parked file, then a rename to a name `*.log` does not match, then
+    // more lines into it under that name; a new a.log appears.
+    write_lines(&a, "a", 100, 3000);
+    let rotated = w.logs().join("a.log-20261204");
+    std::fs::rename(&a, &rotated).unwrap();
+    write_lines(&rotated, "a", 3000, 3500);
+    write_lines(&a, "new", 0, 50);
+    let mut expected = lines("a", 0, 3500);
+    expected.extend(lines("b", 0, 100));
+    expected.extend(lines("c", 0, 100));
+    expected.extend(lines("new", 0, 50));
+    let records = w.wait_records(expected.len(), LONG);
+    assert_each_once(&records, &expected);
+    // Read to its end, then let go.
+    wait_until(LONG, "the renamed file closed", || {
+        fds_to(agent.pid(), "a.log-20261204") == 0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        w.records().len(),
+        expected.len(),
+        "something was read twice later"
+    );
+}
+
+#[test]
+fn side_by_side_files_with_the_same_first_line_are_both_read_whole_never_merged() {
+    let mut w = World::new();
+    w.sources = source(&w, "*.log", "");
+    let _store = w.start_receiver();
+    let mut agent = w.start_agent();
+    let header = "# service log v1, fields: time level message\n";
+    let (a, b) = (w.logs().join("a.log"), w.logs().join("b.log"));
+    append(&a, header);
+    write_lines(&a, "a", 0, 200);
+    w.wait_records(201, LONG);
+    // A second file with the same header appears while the first is open (it may be held
+    // for rotate_wait as a possible copy, then is read as the file it is).
+    append(&b, header);
+    write_lines(&b, "b", 0, 200);
+    w.wait_records(402, LONG);
+    write_lines(&a, "a", 200, 300);
+    write_lines(&b, "b", 200, 300);
+    w.wait_records(602, LONG);
+    // And after a crash, each resumes at its own checkpoint.
+    agent.kill9();
+    write_lines(&a, "a", 300, 350);
+    write_lines(&b, "b", 300, 350);
+    let _agent = w.start_agent();
+    let records = w.wait_records(702, LONG);
+    assert_eq!(assert_file_shipped_exactly_once(&records, &a), 351);
+    assert_eq!(assert_file_shipped_exactly_once(&records, &b), 351);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(w.records().len(), 702, "something was read twice later");
+}
+
+#[test]
+fn copytruncate_refilled_past_the_checkpoint_between_looks_is_read_from_zero_and_counted() {
+    let mut w = World::new();
+    let telemetry = free_port();
+    w.sources = source(&w, "*.log", "");
+    w.agent_extra = format!("[telemetry]\nlisten = \"127.0.0.1:{telemetry}\"\n");
+    let _store = w.start_receiver();
+    let agent = w.start_agent();
+    let app = w.logs().join("app.log");
+    write_lines(&app, "old", 0, 300);
+    w.wait_records(300, LONG);
+    wait_until(LONG, "telemetry up", || {
+        metric(telemetry, "logveil_agent_truncations").is_some()
+    });
+    assert_eq!(metric(telemetry, "logveil_agent_truncations"), Some(0.0));
+    // The agent cannot look while the file is truncated and refilled past its position.
+    agent.signal(Signal::SIGSTOP);
+    let old_size = std::fs::metadata(&app).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&app)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    write_lines(&app, "new", 0, 500);
+    assert!(std::fs::metadata(&app).unwrap().len() > old_size);
+    std::thread::sleep(Duration::from_millis(600));
+    agent.signal(Signal::SIGCONT);
+    let records = w.wait_records(800, LONG);
+    let mut expected = lines("old", 0, 300);
+    expected.extend(lines("new", 0, 500));
+    assert_each_once(&records, &expected);
+    let first_new = records
+        .iter()
+        .find(|r| r["body"] == lines("new", 0, 1)[0])
+        .unwrap();
+    assert_eq!(first_new["offset"], 0, "the new content is read from 0");
+    wait_until(LONG, "the truncation counted", || {
+        metric(telemetry, "logveil_agent_truncations") == Some(1.0)
+    });
+    let logs = agent.log_text();
+    assert!(
+        logs.contains("WARN") && logs.contains("reading it again from its start"),
+        "the truncation is logged as a warning: {logs}"
+    );
+    assert!(
+        !logs.contains("payload text"),
+        "agent logs hold no line content"
+    );
+}
+
+#[test]
+fn an_excluded_rotated_name_is_never_opened() {
+    let mut w = World::new();
+    // read_compressed: only the exclude keeps the .bz2 file out.
+    let extra = format!(
+        "exclude = [\"{}/*.bz2\"]\nread_compressed = true",
+        w.logs().display()
+    );
+    w.sources = source(&w, "app.log*", &extra);
+    let _store = w.start_receiver();
+    let agent = w.start_agent();
+    let app = w.logs().join("app.log");
+    write_lines(&app, "z", 0, 300);
+    w.wait_records(300, LONG);
+    // Rotation: rename, new file, then the rotated file compressed (a new inode).
+    let rotated = w.logs().join("app.log.1");
+    std::fs::rename(&app, &rotated).unwrap();
+    write_lines(&app, "n", 0, 10);
+    w.wait_records(310, LONG);
+    let st = std::process::Command::new("bzip2")
+        .arg(&rotated)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let bz2 = w.logs().join("app.log.1.bz2");
+    assert!(bz2.exists());
+    // Several scans and change notifications while it exists: never a descriptor of it.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        assert_eq!(
+            fds_to(agent.pid(), "app.log.1.bz2"),
+            0,
+            "excluded file opened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    write_lines(&app, "n", 10, 20);
+    let records = w.wait_records(320, LONG);
+    let mut expected = lines("z", 0, 300);
+    expected.extend(lines("n", 0, 20));
+    assert_each_once(&records, &expected);
+    assert!(
+        !records.iter().any(|r| r["path"] == bz2.to_str().unwrap()),
+        "nothing shipped from the excluded file"
+    );
+    assert_eq!(fds_to(agent.pid(), "app.log.1.bz2"), 0);
+}
+
+#[test]
+fn a_symlink_and_its_target_both_matched_are_read_once() {
+    let mut w = World::new();
+    // As Kubernetes: /var/log/containers/<pod>_<ns>_<c>.log → /var/log/pods/<ns>_<pod>/<c>/0.log
+    w.sources = format!(
+        "[[sources]]\nname = \"k8s\"\ninclude = [\"{0}/containers/*.log\", \"{0}/pods/**/*.log\"]\npoll_interval = \"200ms\"\npartial_line_timeout = \"1s\"\nrotate_wait = \"1s\"\n",
+        w.logs().display()
+    );
+    let _store = w.start_receiver();
+    let target_dir = w.logs().join("pods/ns_web-1/app");
+    std::fs::create_dir_all(&target_dir).unwrap();
+    std::fs::create_dir_all(w.logs().join("containers")).unwrap();
+    let target = target_dir.join("0.log");
+    write_lines(&target, "k", 0, 100);
+    std::os::unix::fs::symlink(&target, w.logs().join("containers/web-1_ns_app.log")).unwrap();
+    let mut agent = w.start_agent();
+    w.wait_records(100, LONG);
+    write_lines(&target, "k", 100, 200);
+    w.wait_records(200, LONG);
+    // Also across a crash: one identity, one checkpoint.
+    agent.kill9();
+    write_lines(&target, "k", 200, 250);
+    let _agent = w.start_agent();
+    let records = w.wait_records(250, LONG);
+    assert_each_once(&records, &lines("k", 0, 250));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(w.records().len(), 250, "read under both paths");
+}
+
+#[test]
+fn a_utf8_bom_at_the_start_of_a_file_is_not_part_of_the_first_line() {
+    let mut w = World::new();
+    w.sources = source(&w, "*.log", "");
+    let _store = w.start_receiver();
+    let _agent = w.start_agent();
+    let f = w.logs().join("bom.log");
+    append(&f, "\u{feff}first line\nsecond line\n");
+    let records = w.wait_records(2, LONG);
+    assert_eq!(records[0]["body"], "first line");
+    assert_eq!(
+        records[0]["offset"], 3,
+        "the first line starts after the BOM"
+    );
+    assert_eq!(records[1]["body"], "second line");
+    assert_eq!(records[1]["offset"], 14);
+}

@@ -155,3 +155,73 @@ fn docker_json_file_lines_are_decoded() {
     assert_eq!(records[1]["body"], "long line first half second half");
     assert_eq!(records[1]["attributes"]["log.iostream"], "stderr");
 }
+
+fn cri(stream: &str, flag: &str, content: &str) -> String {
+    format!("2024-03-01T12:00:00.000000001Z {stream} {flag} {content}\n")
+}
+
+#[test]
+fn kill9_while_a_cri_stdout_fragment_is_held_ships_every_stderr_line_once() {
+    let mut w = World::new();
+    // The held fragment must outlive each crash: no flush on partial_line_timeout.
+    w.sources = source(&w, "pods/*.log", "format = \"cri\"").replace(
+        "partial_line_timeout = \"4s\"",
+        "partial_line_timeout = \"60s\"",
+    );
+    let _store = w.start_receiver();
+    std::fs::create_dir_all(w.logs().join("pods")).unwrap();
+    let f = w.logs().join("pods/c.log");
+    let mut expected: Vec<String> = Vec::new();
+    let mut agent = w.start_agent();
+    for round in 0..4 {
+        // A stdout line begun, then stderr lines after it: shipped while it is held.
+        let mut text = cri("stdout", "P", &format!("out {round} first half, "));
+        for k in 0..5 {
+            text.push_str(&cri("stderr", "F", &format!("err {round}.{k}")));
+        }
+        append(&f, &text);
+        expected.extend((0..5).map(|k| format!("err {round}.{k}")));
+        match round {
+            // Crash once the stderr lines are sealed and shipped.
+            0 | 2 => {
+                w.wait_records(expected.len(), LONG);
+                agent.kill9();
+            }
+            // Crash at once, wherever the agent is.
+            1 => agent.kill9(),
+            // The stdout line finished, then a crash at once.
+            _ => {
+                append(&f, &cri("stdout", "F", &format!("out {round} second half")));
+                agent.kill9();
+            }
+        }
+        agent = w.start_agent();
+        if round != 3 {
+            append(&f, &cri("stdout", "F", &format!("out {round} second half")));
+        }
+        expected.push(format!("out {round} first half, out {round} second half"));
+    }
+    let records = w.wait_records(expected.len(), LONG);
+    // Nothing arrives late either.
+    std::thread::sleep(Duration::from_secs(2));
+    let records2 = w.records();
+    assert_eq!(records2.len(), records.len(), "late duplicates");
+    let mut got: Vec<&str> = records2
+        .iter()
+        .map(|r| r["body"].as_str().unwrap())
+        .collect();
+    got.sort_unstable();
+    let mut want: Vec<&str> = expected.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    assert_eq!(got, want, "each record exactly once");
+    for r in &records2 {
+        let body = r["body"].as_str().unwrap();
+        let stream = if body.starts_with("out") {
+            "stdout"
+        } else {
+            "stderr"
+        };
+        assert_eq!(r["attributes"]["log.iostream"], stream, "{body}");
+    }
+    drop(agent);
+}

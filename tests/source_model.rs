@@ -134,6 +134,7 @@ impl Sim {
                 .push((chunk.path.to_path_buf(), l.offset));
             let mut cp = chunk.checkpoint.clone();
             cp.offset = l.end;
+            cp.shipped_to = l.shipped_to;
             self.sealed.insert(cp.id, cp);
         }
         if keep.is_none() {

@@ -526,6 +526,7 @@ mod tests {
             head_len: 0,
             head_hash: [0; 32],
             updated_unix: 0,
+            shipped_to: [0; 3],
         }
     }
 

@@ -276,6 +276,7 @@ impl Pipeline {
             }
             let mut cp = chunk.checkpoint.clone();
             cp.offset = line.end;
+            cp.shipped_to = line.shipped_to;
             self.checkpoints.insert(cp.id, cp);
         }
         if !chunk.forget.is_empty() {

@@ -27,8 +27,16 @@
 //! restart the held lines are read again and the record is assembled whole. A record's
 //! `end` (its resume point) is the end of its last line, lowered to `held_from` when bytes
 //! before that are still held (for instance a stdout fragment interleaved with stderr
-//! lines). Resuming there can read again, and ship again, the lines of the other stream
-//! between the two: a duplicate in that rare interleaving, never a loss.
+//! lines).
+//!
+//! Resuming there reads again the lines of the other stream between the two, which were
+//! already shipped. So each resume point also carries, per stream (stdout, stderr, lines
+//! without one), where that stream's emitted lines end (`shipped_to`, kept when past the
+//! resume offset). Within one stream lines are emitted in file order, so after a resume
+//! every line of a stream that starts before its mark was shipped, and every other line
+//! was not: the assembler drops the former as they are read again (before joining, so a
+//! multiline record is never half dropped). A crash while a fragment is held thus ships
+//! each record once.
 //!
 //! On shutdown nothing held is emitted (the checkpoint stays before it); when the file is
 //! closed for good (rotated away or deleted and idle) everything held is emitted.
@@ -41,6 +49,8 @@ use std::time::{Duration, Instant, SystemTime};
 #[derive(Debug)]
 struct Partial {
     offset: u64,
+    /// End of the last fragment joined.
+    end: u64,
     bytes: Vec<u8>,
     read_at: SystemTime,
     timestamp: Option<SystemTime>,
@@ -80,6 +90,9 @@ pub(crate) struct Assembler {
     partials: [Option<Partial>; 2],
     in_line: Option<InLine>,
     records: [Option<Record>; 3],
+    /// Per slot: end of the last line emitted, or after a resume the checkpoint's mark.
+    /// A line of the slot starting before it was shipped already and is dropped.
+    shipped: [u64; 3],
 }
 
 impl Assembler {
@@ -95,7 +108,18 @@ impl Assembler {
             partials: [None, None],
             in_line: None,
             records: [None, None, None],
+            shipped: [0; 3],
         }
+    }
+
+    /// Continues after a checkpoint at `offset` whose per-stream marks are `shipped_to`.
+    pub(crate) fn resume(&mut self, offset: u64, shipped_to: [u64; 3]) {
+        self.shipped = shipped_to.map(|m| if m > offset { m } else { 0 });
+    }
+
+    /// The per-stream marks a resume point at `offset` must carry (see the module doc).
+    pub(crate) fn shipped_past(&self, offset: u64) -> [u64; 3] {
+        self.shipped.map(|m| if m > offset { m } else { 0 })
     }
 
     /// True when lines pass through unchanged (plain or json, no multiline).
@@ -115,6 +139,7 @@ impl Assembler {
         self.partials = [None, None];
         self.in_line = None;
         self.records = [None, None, None];
+        self.shipped = [0; 3];
     }
 
     /// Takes one framed line; appends the records it completes to `out`.
@@ -144,7 +169,8 @@ impl Assembler {
         if idle >= partial_timeout {
             for s in 0..2 {
                 if let Some(p) = self.partials[s].take() {
-                    let line = self.partial_line(p, s, u64::MAX);
+                    let end = p.end;
+                    let line = self.partial_line(p, s, end);
                     self.push_record(line, out);
                 }
             }
@@ -168,7 +194,8 @@ impl Assembler {
     pub(crate) fn flush_all(&mut self, out: &mut Vec<Line>) {
         for s in 0..2 {
             if let Some(p) = self.partials[s].take() {
-                let line = self.partial_line(p, s, u64::MAX);
+                let end = p.end;
+                let line = self.partial_line(p, s, end);
                 self.push_record(line, out);
             }
         }
@@ -236,11 +263,13 @@ impl Assembler {
         }
         let p = self.partials[s].get_or_insert_with(|| Partial {
             offset: line.offset,
+            end: line.end,
             bytes: Vec::new(),
             read_at: line.read_at,
             timestamp: ts,
         });
         p.bytes.extend_from_slice(&content);
+        p.end = line.end;
         if last_piece && complete {
             let p = self.partials[s].take().expect("just inserted");
             let joined = self.partial_line(p, s, line.end);
@@ -254,10 +283,10 @@ impl Assembler {
         } else {
             IoStream::Stderr
         };
-        let end = self.cap_end(end);
         Line {
             offset: p.offset,
             end,
+            shipped_to: [0; 3],
             bytes: p.bytes,
             read_at: p.read_at,
             part: None,
@@ -273,18 +302,30 @@ impl Assembler {
         self.held_from().map_or(end, |h| h.min(end))
     }
 
-    /// Stage 2: multiline, or straight out.
-    fn push_record(&mut self, mut line: Line, out: &mut Vec<Line>) {
+    /// Hands a line out: its resume point lowered to what is held, with the marks of
+    /// every stream (its own first: `end` is the end of its last physical line).
+    fn emit(&mut self, s: usize, mut line: Line, out: &mut Vec<Line>) {
+        self.shipped[s] = line.end;
+        line.end = self.cap_end(line.end);
+        line.shipped_to = self.shipped_past(line.end);
+        out.push(line);
+    }
+
+    /// Stage 2: multiline, or straight out. `line.end` is the end of its last physical
+    /// line (not lowered yet).
+    fn push_record(&mut self, line: Line, out: &mut Vec<Line>) {
         let s = slot(line.event);
+        if line.offset < self.shipped[s] {
+            // Read again after a resume before a held fragment: shipped already.
+            return;
+        }
         let Some(rules) = &self.multiline else {
-            line.end = self.cap_end(line.end);
-            out.push(line);
+            self.emit(s, line, out);
             return;
         };
         if line.part.is_some() {
             self.emit_record(s, out);
-            line.end = self.cap_end(line.end);
-            out.push(line);
+            self.emit(s, line, out);
             return;
         }
         let matches = rules.regex.is_match(&line.bytes);
@@ -316,15 +357,16 @@ impl Assembler {
 
     fn emit_record(&mut self, s: usize, out: &mut Vec<Line>) {
         if let Some(r) = self.records[s].take() {
-            let end = self.cap_end(r.end);
-            out.push(Line {
+            let line = Line {
                 offset: r.offset,
-                end,
+                end: r.end,
+                shipped_to: [0; 3],
                 bytes: r.bytes,
                 read_at: r.read_at,
                 part: None,
                 event: r.event,
-            });
+            };
+            self.emit(s, line, out);
         }
     }
 }
@@ -426,6 +468,7 @@ mod tests {
         Line {
             offset,
             end: offset + text.len() as u64 + 1,
+            shipped_to: [0; 3],
             bytes: text.as_bytes().to_vec(),
             read_at: SystemTime::now(),
             part: None,
@@ -485,6 +528,53 @@ mod tests {
             humantime::parse_rfc3339("2024-01-01T00:00:01Z").unwrap()
         );
         assert_eq!(a.held_from(), None);
+    }
+
+    #[test]
+    fn a_resume_before_a_held_fragment_drops_the_other_streams_lines_shipped_after_it() {
+        let texts = [
+            "2024-01-01T00:00:00Z stdout P out-a ",
+            "2024-01-01T00:00:01Z stderr F err-1",
+            "2024-01-01T00:00:02Z stderr P err-2a ",
+            "2024-01-01T00:00:03Z stderr F err-2b",
+            "2024-01-01T00:00:04Z stderr F err-3",
+            "2024-01-01T00:00:05Z stdout F out-b",
+            "2024-01-01T00:00:06Z stderr F err-4",
+        ];
+        let mut offsets = Vec::new();
+        let mut off = 0;
+        for t in texts {
+            offsets.push(off);
+            off += t.len() as u64 + 1;
+        }
+        // Crash after each emitted line in turn: resume at its resume point with its marks.
+        let mut a = Assembler::new(Format::Cri, 1 << 16, None);
+        let before = feed(&mut a, &texts[..5]);
+        assert_eq!(before.len(), 3, "err-1, err-2a err-2b, err-3");
+        for (k, last) in before.iter().enumerate() {
+            assert_eq!(
+                last.end, 0,
+                "the held stdout fragment keeps the resume point"
+            );
+            assert!(last.shipped_to[1] > 0);
+            let mut b = Assembler::new(Format::Cri, 1 << 16, None);
+            b.resume(last.end, last.shipped_to);
+            let first = offsets.iter().position(|&o| o == last.end).unwrap();
+            let mut again = Vec::new();
+            for (t, &o) in texts[first..].iter().zip(&offsets[first..]) {
+                b.push(line(o, t), &mut again);
+            }
+            let mut all: Vec<Vec<u8>> = before[..=k].iter().map(|l| l.bytes.clone()).collect();
+            all.extend(again.iter().map(|l| l.bytes.clone()));
+            let want: Vec<&[u8]> = vec![
+                b"err-1",
+                b"err-2a err-2b",
+                b"err-3",
+                b"out-a out-b",
+                b"err-4",
+            ];
+            assert_eq!(all, want, "crash after line {k}");
+        }
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! resume exactly where the last durable batch ended.
 //!
 //! Encoding (value, big-endian): `offset u64 | head_len u32 | head_hash [32] | updated_unix
-//! u64 | path bytes`. Key: `dev u64 | ino u64`.
+//! u64 | path bytes`. Key: `dev u64 | ino u64`. When some stream's `shipped_to` mark is
+//! past `offset`, the top bit of `head_len` is set and `shipped_to` (3 × u64) follows
+//! `updated_unix`, before the path; values without the bit (written before the marks
+//! existed) decode with no marks.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -51,16 +54,34 @@ pub struct Checkpoint {
     pub head_len: u32,
     pub head_hash: [u8; 32],
     pub updated_unix: u64,
+    /// Per stream (stdout, stderr, lines without one), a mark: the lines of that stream
+    /// starting at or after `offset` and before the mark were already sealed (a fragment
+    /// of another stream held `offset` back). A mark not past `offset` means nothing.
+    pub shipped_to: [u64; 3],
 }
+
+/// Top bit of the encoded `head_len` (which is at most [`HEAD_BYTES`]): marks follow.
+const MARKS_FLAG: u32 = 1 << 31;
 
 impl Checkpoint {
     pub fn encode(&self) -> Vec<u8> {
         let path = self.path.as_os_str().as_bytes();
-        let mut v = Vec::with_capacity(52 + path.len());
+        let marks = self.shipped_to.iter().any(|&m| m > self.offset);
+        let mut v = Vec::with_capacity(76 + path.len());
         v.extend_from_slice(&self.offset.to_be_bytes());
-        v.extend_from_slice(&self.head_len.to_be_bytes());
+        let head_len = if marks {
+            self.head_len | MARKS_FLAG
+        } else {
+            self.head_len
+        };
+        v.extend_from_slice(&head_len.to_be_bytes());
         v.extend_from_slice(&self.head_hash);
         v.extend_from_slice(&self.updated_unix.to_be_bytes());
+        if marks {
+            for m in self.shipped_to {
+                v.extend_from_slice(&m.to_be_bytes());
+            }
+        }
         v.extend_from_slice(path);
         v
     }
@@ -70,13 +91,24 @@ impl Checkpoint {
         if v.len() < 52 {
             return None;
         }
+        let head_len = u32::from_be_bytes(v[8..12].try_into().ok()?);
+        let mut shipped_to = [0u64; 3];
+        let mut path_at = 52;
+        if head_len & MARKS_FLAG != 0 {
+            for (k, m) in shipped_to.iter_mut().enumerate() {
+                let at = 52 + 8 * k;
+                *m = u64::from_be_bytes(v.get(at..at + 8)?.try_into().ok()?);
+            }
+            path_at = 76;
+        }
         Some(Checkpoint {
             id,
             offset: u64::from_be_bytes(v[0..8].try_into().ok()?),
-            head_len: u32::from_be_bytes(v[8..12].try_into().ok()?),
+            head_len: head_len & !MARKS_FLAG,
             head_hash: v[12..44].try_into().ok()?,
             updated_unix: u64::from_be_bytes(v[44..52].try_into().ok()?),
-            path: PathBuf::from(std::ffi::OsStr::from_bytes(&v[52..])),
+            shipped_to,
+            path: PathBuf::from(std::ffi::OsStr::from_bytes(&v[path_at..])),
         })
     }
 }
@@ -94,7 +126,24 @@ mod tests {
             head_len: 1024,
             head_hash: [5; 32],
             updated_unix: 1_700_000_000,
+            shipped_to: [0; 3],
         };
-        assert_eq!(Checkpoint::decode(&c.id.key(), &c.encode()), Some(c));
+        assert_eq!(
+            Checkpoint::decode(&c.id.key(), &c.encode()),
+            Some(c.clone())
+        );
+        let marked = Checkpoint {
+            shipped_to: [0, 20_000, 0],
+            ..c.clone()
+        };
+        let v = marked.encode();
+        assert_eq!(v.len(), c.encode().len() + 24);
+        assert_eq!(Checkpoint::decode(&c.id.key(), &v), Some(marked));
+        // Marks not past the offset are not stored.
+        let stale = Checkpoint {
+            shipped_to: [100, 12345, 0],
+            ..c.clone()
+        };
+        assert_eq!(stale.encode(), c.encode());
     }
 }

@@ -136,6 +136,7 @@ impl Framer {
         out.push(Line {
             offset: self.pending_start,
             end: self.pending_start + len,
+            shipped_to: [0; 3],
             bytes,
             read_at,
             part: self.last_part(),
@@ -156,6 +157,7 @@ impl Framer {
         out.push(Line {
             offset: self.pending_start,
             end: self.pending_start + consumed,
+            shipped_to: [0; 3],
             bytes,
             read_at,
             part: self.last_part(),
@@ -191,6 +193,7 @@ impl Framer {
         out.push(Line {
             offset: self.pending_start,
             end: self.pending_start + cut as u64,
+            shipped_to: [0; 3],
             bytes: part,
             read_at,
             part: Some((self.parts_emitted, false)),

@@ -46,7 +46,10 @@
 //! At most `max_open_files` descriptors per source. To open a file, the least recently
 //! active one that is read to its end, holds nothing back and is still present is parked
 //! (descriptor closed, state kept); a parked file is reopened by path when it changes and
-//! kept only if device, inode and fingerprint match. When nothing can be parked, new
+//! kept only if device, inode and fingerprint match. A parked file gone from every
+//! matched path is looked for by device and inode in the directory it was last seen in;
+//! if it grew there (renamed to an unmatched name) and its first bytes match, it is
+//! reopened and read to its end before it is closed. When nothing can be parked, new
 //! files wait for the next scan.
 //!
 //! # Checkpoint expiry
@@ -71,7 +74,9 @@
 //!
 //! # Records
 //! Framed lines go through the `assemble` stage (container formats, multiline; see that
-//! module) when the source has one; its held lines keep the checkpoint before them.
+//! module) when the source has one; its held lines keep the checkpoint before them. Lines
+//! of another stream emitted past a held fragment are recorded per stream in the
+//! checkpoint (`shipped_to`), so a resume before the fragment does not ship them again.
 //!
 //! # Framing
 //! A line ends at `\n`; a `\r` right before the `\n` is not part of it; a lone `\r` is. A
@@ -144,6 +149,11 @@ pub struct Line {
     /// are still held (an unfinished multiline record or CRI/Docker partial of the other
     /// stream); never later.
     pub end: u64,
+    /// With `end`: per stream (stdout, stderr, lines without one), the offset up to which
+    /// that stream's lines were handed over, when past `end` (else 0). A resume at `end`
+    /// drops the lines of a stream that start before its mark: they were shipped while a
+    /// fragment of the other stream held `end` back. See `assemble`.
+    pub shipped_to: [u64; 3],
     /// The line's bytes without the line end (`\n`, or `\r\n`).
     pub bytes: Vec<u8>,
     /// When the agent read it.

@@ -408,6 +408,16 @@ impl ReadLoop {
                         tracing::debug!(path = %crate::redact::safe_path(&t.path), "Open file no longer matched; reading it to its end.");
                         t.gone_since = Some(now);
                     }
+                    // A parked file renamed to a name the globs do not match still owes
+                    // the lines written since it was parked: find it by identity where it
+                    // was last seen and reopen it to read them.
+                    if t.is_parked() && !t.deleted {
+                        if let Some(p) = renamed_with_new_bytes(t) {
+                            tracing::debug!(from = %crate::redact::safe_path(&t.path), to = %crate::redact::safe_path(&p), "Closed file renamed to an unmatched name has new lines; reopening it to read them.");
+                            t.path = Arc::from(p.as_path());
+                            to_unpark.push(i);
+                        }
+                    }
                 }
             }
         }
@@ -861,6 +871,7 @@ impl ReadLoop {
             head_len: 0,
             head_hash: [0; 32],
             updated_unix: now,
+            shipped_to: [0; 3],
         };
         for id in &forget {
             if let Some(c) = self
@@ -1075,6 +1086,13 @@ impl ReadLoop {
                 i += 1;
                 continue;
             }
+            if t.is_parked() && !t.deleted && renamed_with_new_bytes(t).is_some() {
+                // Not read to its end after all: the next scan reopens it (when a
+                // descriptor is free).
+                self.rescan.store(true, Ordering::Release);
+                i += 1;
+                continue;
+            }
             let (lines, split) = self.files[i].flush();
             self.metrics.lines_split.inc_by(split);
             self.send_lines(i, lines)?;
@@ -1142,6 +1160,33 @@ fn is_compressed(f: &Found) -> bool {
 /// True when `head` starts like a compressed file.
 pub(crate) fn has_compressed_magic(head: &[u8]) -> bool {
     COMPRESSED_MAGIC.iter().any(|m| head.starts_with(m))
+}
+
+/// For a parked file no longer found under a matched path: its new path, if it is still
+/// in the directory it was last seen in (same device and inode, same first bytes) and has
+/// grown past the read position. Files moved to another directory are not searched for.
+fn renamed_with_new_bytes(t: &TailedFile) -> Option<PathBuf> {
+    let dir = t.path.parent()?;
+    let (head_len, head_hash) = t.fingerprint();
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if meta.dev() != t.id.dev || meta.ino() != t.id.ino {
+            continue;
+        }
+        if !meta.is_file() || meta.len() <= t.read_offset() {
+            return None;
+        }
+        let path = entry.path();
+        // The inode alone proves nothing without a descriptor pinning it (deleted and
+        // reused): the first bytes must be those read.
+        let head = read_head(&path).ok()?;
+        let len = head_len as usize;
+        let hash: [u8; 32] = Sha256::digest(head.get(..len)?).into();
+        return (hash == head_hash).then_some(path);
+    }
+    None
 }
 
 /// The first [`HEAD_BYTES`] bytes of the file at `path` (fewer if it is shorter).

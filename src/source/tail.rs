@@ -155,6 +155,14 @@ impl TailedFile {
         };
         let offset = start.offset();
         file.seek(SeekFrom::Start(offset))?;
+        let mut assembler = Box::new(Assembler::new(
+            rules.format,
+            rules.max_line_bytes,
+            rules.multiline.clone(),
+        ));
+        if let (StartAt::Resume(_), Some(cp)) = (start, checkpoint) {
+            assembler.resume(cp.offset, cp.shipped_to);
+        }
         let (head_len, head_hash) = head_of(&file, size)?;
         let prefix = prefix_of(&file)?;
         let t = TailedFile {
@@ -163,11 +171,7 @@ impl TailedFile {
             path: Arc::from(path),
             file: Some(file),
             framer: Framer::new(rules.max_line_bytes, offset),
-            assembler: Box::new(Assembler::new(
-                rules.format,
-                rules.max_line_bytes,
-                rules.multiline.clone(),
-            )),
+            assembler,
             rules: rules.clone(),
             head_len,
             head_hash,
@@ -398,15 +402,12 @@ impl TailedFile {
 
     /// The checkpoint after every line the framer has emitted so far.
     pub(crate) fn checkpoint(&self) -> Checkpoint {
+        let offset = self.checkpoint_offset();
         Checkpoint {
             id: self.id,
             path: self.path.to_path_buf(),
-            offset: self
-                .assembler
-                .held_from()
-                .map_or(self.framer.committed_offset(), |h| {
-                    h.min(self.framer.committed_offset())
-                }),
+            offset,
+            shipped_to: self.assembler.shipped_past(offset),
             head_len: self.head_len,
             head_hash: self.head_hash,
             updated_unix: SystemTime::now()

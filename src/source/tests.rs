@@ -195,6 +195,7 @@ fn checkpoint_for(path: &Path, offset: u64) -> Checkpoint {
         head_len: head.len() as u32,
         head_hash: Sha256::digest(head).into(),
         updated_unix: unix_now(),
+        shipped_to: [0; 3],
     }
 }
 
