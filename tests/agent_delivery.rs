@@ -238,3 +238,78 @@ fn sigterm_with_the_store_down_exits_zero_within_the_drain_deadline_and_keeps_ba
     let records = w.wait_records(2000, LONG);
     assert_file_shipped_exactly_once(&records, &file);
 }
+
+#[test]
+fn a_wiped_agent_starts_a_new_chain_and_both_chains_verify() {
+    let mut w = World::new();
+    w.use_store_key();
+    let _store = w.start_receiver();
+    let mut agent = w.start_agent();
+    let first = w.logs().join("before.log");
+    write_lines(&first, "b", 0, 300);
+    w.wait_records(300, LONG);
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(20)).success());
+
+    // The host is rebuilt: the agent's data_dir is gone (buffer, checkpoints, chain state),
+    // and the old log was rotated away; the new agent ships new lines under the same host id.
+    std::fs::remove_dir_all(w.path("data")).unwrap();
+    std::fs::create_dir_all(w.path("data")).unwrap();
+    std::fs::rename(&first, w.path("out/before.log.archived")).unwrap();
+    let second = w.logs().join("after.log");
+    write_lines(&second, "a", 0, 200);
+    let agent = w.start_agent();
+    let records = w.wait_records(500, LONG);
+
+    // A new chain starts at seq 1: the store never saw a conflict with the old seqs.
+    let log = agent.log_text();
+    assert!(
+        !log.contains("seq_conflict") && !log.contains("broken_chain") && !log.contains("409"),
+        "{log}"
+    );
+    let old: Vec<_> = records
+        .iter()
+        .filter(|r| r["path"] == first.to_str().unwrap())
+        .collect();
+    assert_eq!(old.len(), 300);
+    assert_file_shipped_exactly_once(&records, &second);
+    for (i, r) in old.iter().enumerate() {
+        assert_eq!(
+            r["body"],
+            format!("b line {i:06} some payload text for the test")
+        );
+    }
+
+    let (ok, report) = w.verify_archive(&w.path("archive"), &[]);
+    assert!(ok, "{report}");
+    assert!(
+        report.contains("hosts: 1, chains: 2, ") && report.contains("records: 500,"),
+        "{report}"
+    );
+    let chains: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("chain test-host/default/"))
+        .collect();
+    assert_eq!(chains.len(), 2, "{report}");
+    let mut per_chain: Vec<&str> = chains
+        .iter()
+        .map(|l| {
+            l.split("records: ")
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap()
+        })
+        .collect();
+    per_chain.sort();
+    assert_eq!(per_chain, ["200", "300"], "{report}");
+    // Same rules before and after: one policy hash, the same on both chains.
+    let policies: Vec<&str> = chains
+        .iter()
+        .map(|l| l.split("policy hashes: ").nth(1).unwrap())
+        .collect();
+    assert_eq!(policies[0].split(' ').count(), 1, "{report}");
+    assert_eq!(policies[0].len(), 64, "{report}");
+    assert_eq!(policies[0], policies[1], "{report}");
+}

@@ -172,7 +172,11 @@ fn batches_lost_from_the_agent_buffer_are_declared_as_a_gap_in_the_custody_ledge
         .output()
         .unwrap();
     assert!(out.status.success());
-    w.receiver_extra = format!("store_key = \"{}\"\n", w.path("keys/store.key").display());
+    let store_telemetry = free_port();
+    w.receiver_extra = format!(
+        "store_key = \"{}\"\n[telemetry]\nlisten = \"127.0.0.1:{store_telemetry}\"\n",
+        w.path("keys/store.key").display()
+    );
     let telemetry = free_port();
     w.agent_extra =
         format!("batch_max_bytes = 8192\n[telemetry]\nlisten = \"127.0.0.1:{telemetry}\"\n");
@@ -200,10 +204,26 @@ fn batches_lost_from_the_agent_buffer_are_declared_as_a_gap_in_the_custody_ledge
         buffer.flush().unwrap();
         lost
     };
-    let _store = w.start_receiver();
+    let store = w.start_receiver();
+    let gap_alerts = "logveil_receiver_custody_alerts_total{kind=\"gap\"}";
+    assert_eq!(metric(store_telemetry, gap_alerts), None, "no gap yet");
     let agent = w.start_agent();
     w.wait_records(1000 - lost_records, LONG);
     assert!(agent.log_text().contains("declaring the gap"));
+    // The store raised the alert: one ERROR line naming it, and the counter.
+    let alerts: Vec<String> = store
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("custody_gap"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert!(
+        alerts[0].contains("ERROR") && alerts[0].contains("from=1") && alerts[0].contains("to=2"),
+        "{}",
+        alerts[0]
+    );
+    assert_eq!(metric(store_telemetry, gap_alerts), Some(1.0));
     let ledger = std::fs::read_to_string(w.path("archive/.custody/ledger.jsonl")).unwrap();
     assert!(ledger.contains("gap"), "the custody ledger records the gap");
     let verify = Command::new(bin())

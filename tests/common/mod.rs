@@ -291,6 +291,45 @@ impl World {
         )
     }
 
+    /// Makes the store's key pair (`keys/store.key`, `keys/store.pub`) and has the store keep
+    /// a custody ledger with it (appends to `receiver_extra`).
+    pub fn use_store_key(&mut self) {
+        let out = Command::new(bin())
+            .args(["keygen", "--name", "store", "--out"])
+            .arg(self.path("keys"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "keygen --name store failed: {out:?}");
+        self.receiver_extra = format!(
+            "store_key = \"{}\"\n{}",
+            self.path("keys/store.key").display(),
+            self.receiver_extra
+        );
+    }
+
+    /// `logveil verify` of `archive` with the store's public key and `extra` arguments:
+    /// (exit status 0, stdout and stderr).
+    pub fn verify_archive(&self, archive: &Path, extra: &[&str]) -> (bool, String) {
+        let out = Command::new(bin())
+            .args(["verify", "--archive"])
+            .arg(archive)
+            .arg("--keys")
+            .arg(self.path("trusted"))
+            .arg("--store-key")
+            .arg(self.path("keys/store.pub"))
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
     /// Waits until the archive holds `n` records (fails fast if it holds more).
     pub fn wait_records(&self, n: usize, limit: Duration) -> Vec<serde_json::Value> {
         let mut last = Vec::new();
