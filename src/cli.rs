@@ -758,14 +758,26 @@ fn dead_letter(command: DeadLetterCommand) -> anyhow::Result<()> {
                 }
                 let old = Envelope::decode(&dl.envelope)?;
                 let state = buffer.chain_state(stream)?;
+                // The payload is re-signed as held: its hash and length are taken from the
+                // bytes (a batch refused for a payload that no longer matches its signed hash
+                // can go once `show` read fine), and it must hold the records it declares.
                 let header = Header {
                     kind: Kind::Data,
                     key_id: keys::key_id(&key.verifying_key()),
                     seq: state.next_seq,
                     prev_hash: state.link,
+                    payload_sha256: envelope::sha256(old.payload),
+                    payload_len: old.payload.len() as u64,
                     ..old.header.clone()
                 };
                 let (bytes, link) = envelope::seal(&header, old.payload, &key);
+                let resealed = Envelope::decode(&bytes)?;
+                if let Err(e) = crate::receive::validate::check_payload(
+                    &resealed,
+                    resealed.header.decompressed_len,
+                ) {
+                    bail!("{stream} seq {s} cannot be replayed: {e}");
+                }
                 buffer.seal(stream, state.next_seq, link, &bytes, &[])?;
                 buffer.remove_dead_letter(stream, s)?;
                 println!("replayed {stream} seq {s} as seq {}", state.next_seq);
