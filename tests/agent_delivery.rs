@@ -7,7 +7,7 @@ use common::*;
 use nix::sys::signal::Signal;
 use rand::Rng;
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -21,6 +21,7 @@ fn write_lines(path: &std::path::Path, tag: &str, from: usize, to: usize) {
 
 #[test]
 fn hundred_thousand_lines_in_three_files_arrive_once_in_order() {
+    let started = std::time::SystemTime::now();
     let mut w = World::new();
     let _store = w.start_receiver();
     let _agent = w.start_agent();
@@ -50,8 +51,61 @@ fn hundred_thousand_lines_in_three_files_arrive_once_in_order() {
         checked += assert_file_shipped_exactly_once(&records, f);
     }
     assert_eq!(checked, total);
+    for r in &records {
+        assert_record_fields(r, "test-host", "app", started);
+    }
     let (ok, report) = w.verify();
     assert!(ok, "verify failed: {report}");
+}
+
+/// Every field a record of a plain line has (docs/FORMAT.md), with its value checked: the
+/// host, the source's name, the `default` stream, a path and offset, a body, and an RFC 3339
+/// UTC timestamp of when the agent read the line (after `since`, not in the future).
+fn assert_record_fields(r: &serde_json::Value, host: &str, source: &str, since: SystemTime) {
+    assert_eq!(r["host"], host, "{r}");
+    assert_eq!(r["source"], source, "{r}");
+    assert_eq!(r["stream"], "default", "{r}");
+    assert!(
+        r["path"].as_str().is_some_and(|p| p.starts_with('/')),
+        "{r}"
+    );
+    assert!(r["offset"].is_u64(), "{r}");
+    assert!(r["body"].is_string(), "{r}");
+    let ts = r["timestamp"].as_str().unwrap_or_else(|| panic!("{r}"));
+    assert!(ts.ends_with('Z'), "timestamp in UTC: {r}");
+    let at = humantime::parse_rfc3339(ts).unwrap_or_else(|e| panic!("{ts}: {e}"));
+    // RFC 3339 keeps whole seconds; the agent reads lines after `since`.
+    let floor = since - Duration::from_secs(1);
+    assert!(at >= floor && at <= SystemTime::now(), "{ts}");
+}
+
+#[test]
+fn records_carry_the_machine_hostname_when_host_id_is_unset() {
+    let started = SystemTime::now();
+    let mut w = World::new();
+    let hostname = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    w.host_id.clear();
+    std::fs::copy(
+        w.path("keys/agent.pub"),
+        w.path(&format!("trusted/{hostname}.pub")),
+    )
+    .unwrap();
+    let _store = w.start_receiver();
+    let _agent = w.start_agent();
+    let file = w.logs().join("h.log");
+    write_lines(&file, "h", 0, 20);
+    let records = w.wait_records(20, LONG);
+    assert_file_shipped_exactly_once(&records, &file);
+    for r in &records {
+        assert_record_fields(r, &hostname, "app", started);
+        assert_eq!(r["path"], file.to_str().unwrap());
+    }
+    let (ok, report) = w.verify();
+    assert!(ok, "{report}");
+    assert!(
+        w.path("archive").join(&hostname).is_dir(),
+        "archived under the hostname"
+    );
 }
 
 #[test]
