@@ -386,6 +386,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 .transpose()?;
             let report = crate::verify::verify_with(&archive, &keys, store_key.as_ref());
             println!("{report}");
+            let has_ledger = crate::custody::ledger_path(&archive).exists();
+            if record_with.is_none() && has_ledger {
+                eprintln!(
+                    "note: this run is not recorded in the custody ledger; on the store's host, record it with --record-with store.key --who NAME"
+                );
+            }
             if let (Some(secret), Some(who)) = (record_with, who) {
                 let n = crate::custody::append_local(
                     &archive,

@@ -586,9 +586,16 @@ mod tests {
         let fx = fixture();
         let r = run(&fx);
         assert!(r.is_clean(), "{r}");
+        let policy = "03".repeat(32);
         assert_eq!(
             r.to_string(),
-            "hosts: 2, chains: 2, batches: 4, tombstones: 1, records: 5, problems: 0\n"
+            format!(
+                "hosts: 2, chains: 2, batches: 4, tombstones: 1, records: 5, problems: 0\n\
+                 chain web-1/default/{}: batches: 3, tombstones: 1, records: 4, policy hashes: {policy}\n\
+                 chain web-2/audit/{}: batches: 1, tombstones: 0, records: 1, policy hashes: {policy}\n",
+                "01".repeat(16),
+                "02".repeat(16)
+            )
         );
     }
 
