@@ -429,6 +429,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 (None, None) => unreachable!("clap requires --archive or --s3"),
             };
             println!("{report}");
+            if let Some(archive) = &archive {
+                let has_ledger = crate::custody::ledger_path(archive).exists();
+                if record_with.is_none() && has_ledger {
+                    eprintln!(
+                        "note: this run is not recorded in the custody ledger; on the store's host, record it with --record-with store.key --who NAME"
+                    );
+                }
+            }
             if let (Some(secret), Some(who), Some(archive)) = (record_with, who, &archive) {
                 let n = crate::custody::append_local(
                     archive,
@@ -801,14 +809,26 @@ fn dead_letter(command: DeadLetterCommand) -> anyhow::Result<()> {
                 }
                 let old = Envelope::decode(&dl.envelope)?;
                 let state = buffer.chain_state(stream)?;
+                // The payload is re-signed as held: its hash and length are taken from the
+                // bytes (a batch refused for a payload that no longer matches its signed hash
+                // can go once `show` read fine), and it must hold the records it declares.
                 let header = Header {
                     kind: Kind::Data,
                     key_id: keys::key_id(&key.verifying_key()),
                     seq: state.next_seq,
                     prev_hash: state.link,
+                    payload_sha256: envelope::sha256(old.payload),
+                    payload_len: old.payload.len() as u64,
                     ..old.header.clone()
                 };
                 let (bytes, link) = envelope::seal(&header, old.payload, &key);
+                let resealed = Envelope::decode(&bytes)?;
+                if let Err(e) = crate::receive::validate::check_payload(
+                    &resealed,
+                    resealed.header.decompressed_len,
+                ) {
+                    bail!("{stream} seq {s} cannot be replayed: {e}");
+                }
                 buffer.seal(stream, state.next_seq, link, &bytes, &[])?;
                 buffer.remove_dead_letter(stream, s)?;
                 println!("replayed {stream} seq {s} as seq {}", state.next_seq);

@@ -35,7 +35,8 @@
 //!
 //! Counts: `hosts` and `chains` that hold at least one batch file, `batches` data envelopes
 //! and `tombstones` tombstone envelopes that decoded, `records` the records of the data
-//! envelopes that passed every check.
+//! envelopes that passed every check. Per chain the report also lists the same counts and
+//! the distinct redaction policy hashes its data envelopes carry (the rules in force).
 
 use crate::archive::{self, ChainListing};
 use crate::custody::{self, Event};
@@ -62,6 +63,37 @@ pub struct Report {
     pub ledger_heads: Vec<(String, u64, Hash)>,
     /// One line each, naming the file or directory.
     pub problems: Vec<String>,
+    /// Per chain that holds at least one batch file, in archive order.
+    pub chain_summaries: Vec<ChainSummary>,
+}
+
+/// What one chain holds: counted like the report's totals.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainSummary {
+    pub host: String,
+    pub stream: String,
+    /// The chain id, hex.
+    pub chain: String,
+    pub batches: u64,
+    pub tombstones: u64,
+    pub records: u64,
+    /// Distinct `policy_hash` values of the chain's decoded data envelopes.
+    pub policy_hashes: BTreeSet<Hash>,
+}
+
+impl fmt::Display for ChainSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "chain {}/{}/{}: batches: {}, tombstones: {}, records: {}, policy hashes: ",
+            self.host, self.stream, self.chain, self.batches, self.tombstones, self.records
+        )?;
+        if self.policy_hashes.is_empty() {
+            return write!(f, "-");
+        }
+        let hashes: Vec<String> = self.policy_hashes.iter().map(hex::encode).collect();
+        write!(f, "{}", hashes.join(" "))
+    }
 }
 
 impl Report {
@@ -91,6 +123,9 @@ impl fmt::Display for Report {
             }
         } else if let Some((n, hash)) = self.ledger_head {
             writeln!(f, "ledger head: entry {n} sha256 {}", hex::encode(hash))?;
+        }
+        for c in &self.chain_summaries {
+            writeln!(f, "{c}")?;
         }
         for p in &self.problems {
             writeln!(f, "{p}")?;
@@ -419,6 +454,12 @@ fn verify_chain(
     let mut expected_seq = 1u64;
     let mut archived = BTreeSet::new();
     let label = chain.label();
+    let mut summary = ChainSummary {
+        host: chain.host.clone(),
+        stream: chain.stream.clone(),
+        chain: hex::encode(chain.chain_id),
+        ..ChainSummary::default()
+    };
     for b in &chain.batches {
         let (seq, p) = (b.seq, b.path.display());
         if seq > expected_seq {
@@ -487,8 +528,15 @@ fn verify_chain(
         };
         let h = &env.header;
         match h.kind {
-            Kind::Data => report.batches += 1,
-            Kind::Tombstone => report.tombstones += 1,
+            Kind::Data => {
+                report.batches += 1;
+                summary.batches += 1;
+                summary.policy_hashes.insert(h.policy_hash);
+            }
+            Kind::Tombstone => {
+                report.tombstones += 1;
+                summary.tombstones += 1;
+            }
         }
         if h.seq != seq {
             found.push(format!(
@@ -528,7 +576,10 @@ fn verify_chain(
             }
         }
         match check_payload(&env, h.decompressed_len) {
-            Ok(n) if found.is_empty() => report.records += n,
+            Ok(n) if found.is_empty() => {
+                report.records += n;
+                summary.records += n;
+            }
             Ok(_) => {}
             Err(e) => found.push(e.to_string()),
         }
@@ -537,6 +588,7 @@ fn verify_chain(
             .extend(found.into_iter().map(|msg| format!("{p}: {msg}")));
         prev = Some((seq, env.next_link()));
     }
+    report.chain_summaries.push(summary);
     if let Some(lc) = lc {
         for (seq, rec) in &lc.accepted {
             if !archived.contains(seq) && !lc.retained_away(*seq) {
@@ -595,9 +647,16 @@ mod tests {
         let fx = fixture();
         let r = run(&fx);
         assert!(r.is_clean(), "{r}");
+        let policy = "03".repeat(32);
         assert_eq!(
             r.to_string(),
-            "hosts: 2, chains: 2, batches: 4, tombstones: 1, records: 5, problems: 0\n"
+            format!(
+                "hosts: 2, chains: 2, batches: 4, tombstones: 1, records: 5, problems: 0\n\
+                 chain web-1/default/{}: batches: 3, tombstones: 1, records: 4, policy hashes: {policy}\n\
+                 chain web-2/audit/{}: batches: 1, tombstones: 0, records: 1, policy hashes: {policy}\n",
+                "01".repeat(16),
+                "02".repeat(16)
+            )
         );
     }
 

@@ -7,7 +7,7 @@ use common::*;
 use nix::sys::signal::Signal;
 use rand::Rng;
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -21,6 +21,7 @@ fn write_lines(path: &std::path::Path, tag: &str, from: usize, to: usize) {
 
 #[test]
 fn hundred_thousand_lines_in_three_files_arrive_once_in_order() {
+    let started = std::time::SystemTime::now();
     let mut w = World::new();
     let _store = w.start_receiver();
     let _agent = w.start_agent();
@@ -50,8 +51,61 @@ fn hundred_thousand_lines_in_three_files_arrive_once_in_order() {
         checked += assert_file_shipped_exactly_once(&records, f);
     }
     assert_eq!(checked, total);
+    for r in &records {
+        assert_record_fields(r, "test-host", "app", started);
+    }
     let (ok, report) = w.verify();
     assert!(ok, "verify failed: {report}");
+}
+
+/// Every field a record of a plain line has (docs/FORMAT.md), with its value checked: the
+/// host, the source's name, the `default` stream, a path and offset, a body, and an RFC 3339
+/// UTC timestamp of when the agent read the line (after `since`, not in the future).
+fn assert_record_fields(r: &serde_json::Value, host: &str, source: &str, since: SystemTime) {
+    assert_eq!(r["host"], host, "{r}");
+    assert_eq!(r["source"], source, "{r}");
+    assert_eq!(r["stream"], "default", "{r}");
+    assert!(
+        r["path"].as_str().is_some_and(|p| p.starts_with('/')),
+        "{r}"
+    );
+    assert!(r["offset"].is_u64(), "{r}");
+    assert!(r["body"].is_string(), "{r}");
+    let ts = r["timestamp"].as_str().unwrap_or_else(|| panic!("{r}"));
+    assert!(ts.ends_with('Z'), "timestamp in UTC: {r}");
+    let at = humantime::parse_rfc3339(ts).unwrap_or_else(|e| panic!("{ts}: {e}"));
+    // RFC 3339 keeps whole seconds; the agent reads lines after `since`.
+    let floor = since - Duration::from_secs(1);
+    assert!(at >= floor && at <= SystemTime::now(), "{ts}");
+}
+
+#[test]
+fn records_carry_the_machine_hostname_when_host_id_is_unset() {
+    let started = SystemTime::now();
+    let mut w = World::new();
+    let hostname = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    w.host_id.clear();
+    std::fs::copy(
+        w.path("keys/agent.pub"),
+        w.path(&format!("trusted/{hostname}.pub")),
+    )
+    .unwrap();
+    let _store = w.start_receiver();
+    let _agent = w.start_agent();
+    let file = w.logs().join("h.log");
+    write_lines(&file, "h", 0, 20);
+    let records = w.wait_records(20, LONG);
+    assert_file_shipped_exactly_once(&records, &file);
+    for r in &records {
+        assert_record_fields(r, &hostname, "app", started);
+        assert_eq!(r["path"], file.to_str().unwrap());
+    }
+    let (ok, report) = w.verify();
+    assert!(ok, "{report}");
+    assert!(
+        w.path("archive").join(&hostname).is_dir(),
+        "archived under the hostname"
+    );
 }
 
 #[test]
@@ -237,4 +291,79 @@ fn sigterm_with_the_store_down_exits_zero_within_the_drain_deadline_and_keeps_ba
     let _agent = w.start_agent();
     let records = w.wait_records(2000, LONG);
     assert_file_shipped_exactly_once(&records, &file);
+}
+
+#[test]
+fn a_wiped_agent_starts_a_new_chain_and_both_chains_verify() {
+    let mut w = World::new();
+    w.use_store_key();
+    let _store = w.start_receiver();
+    let mut agent = w.start_agent();
+    let first = w.logs().join("before.log");
+    write_lines(&first, "b", 0, 300);
+    w.wait_records(300, LONG);
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(20)).success());
+
+    // The host is rebuilt: the agent's data_dir is gone (buffer, checkpoints, chain state),
+    // and the old log was rotated away; the new agent ships new lines under the same host id.
+    std::fs::remove_dir_all(w.path("data")).unwrap();
+    std::fs::create_dir_all(w.path("data")).unwrap();
+    std::fs::rename(&first, w.path("out/before.log.archived")).unwrap();
+    let second = w.logs().join("after.log");
+    write_lines(&second, "a", 0, 200);
+    let agent = w.start_agent();
+    let records = w.wait_records(500, LONG);
+
+    // A new chain starts at seq 1: the store never saw a conflict with the old seqs.
+    let log = agent.log_text();
+    assert!(
+        !log.contains("seq_conflict") && !log.contains("broken_chain") && !log.contains("409"),
+        "{log}"
+    );
+    let old: Vec<_> = records
+        .iter()
+        .filter(|r| r["path"] == first.to_str().unwrap())
+        .collect();
+    assert_eq!(old.len(), 300);
+    assert_file_shipped_exactly_once(&records, &second);
+    for (i, r) in old.iter().enumerate() {
+        assert_eq!(
+            r["body"],
+            format!("b line {i:06} some payload text for the test")
+        );
+    }
+
+    let (ok, report) = w.verify_archive(&w.path("archive"), &[]);
+    assert!(ok, "{report}");
+    assert!(
+        report.contains("hosts: 1, chains: 2, ") && report.contains("records: 500,"),
+        "{report}"
+    );
+    let chains: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("chain test-host/default/"))
+        .collect();
+    assert_eq!(chains.len(), 2, "{report}");
+    let mut per_chain: Vec<&str> = chains
+        .iter()
+        .map(|l| {
+            l.split("records: ")
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap()
+        })
+        .collect();
+    per_chain.sort();
+    assert_eq!(per_chain, ["200", "300"], "{report}");
+    // Same rules before and after: one policy hash, the same on both chains.
+    let policies: Vec<&str> = chains
+        .iter()
+        .map(|l| l.split("policy hashes: ").nth(1).unwrap())
+        .collect();
+    assert_eq!(policies[0].split(' ').count(), 1, "{report}");
+    assert_eq!(policies[0].len(), 64, "{report}");
+    assert_eq!(policies[0], policies[1], "{report}");
 }

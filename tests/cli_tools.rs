@@ -185,3 +185,103 @@ fn verify_passes_a_real_archive_and_fails_on_any_tampering() {
     std::fs::write(b, &bb).unwrap();
     assert!(w.verify().0, "{}", w.verify().1);
 }
+
+#[test]
+fn verify_summarises_each_chain_with_its_policy_hashes_and_records_its_run() {
+    let mut w = World::new();
+    w.use_store_key();
+    w.agent_extra = "batch_max_bytes = 8192\n".into();
+    let _store = w.start_receiver();
+    let mut agent = w.start_agent();
+    let file = w.logs().join("s.log");
+    let lines = |from: usize, to: usize| -> String {
+        (from..to)
+            .map(|i| format!("summary line {i} card 4111 1111 1111 1111\n"))
+            .collect()
+    };
+    append(&file, &lines(0, 1000));
+    w.wait_records(1000, Duration::from_secs(120));
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(20)).success());
+    // The redaction rules change: later batches carry another policy hash, same chain.
+    w.agent_extra += "[redact]\ndefault_mode = \"mask\"\n";
+    let _agent = w.start_agent();
+    append(&file, &lines(1000, 1500));
+    w.wait_records(1500, Duration::from_secs(120));
+
+    // What the archive holds, read from the batch files themselves.
+    let mut files = 0;
+    let mut policies = std::collections::BTreeSet::new();
+    for e in walkdir::WalkDir::new(w.path("archive")) {
+        let p = e.unwrap().into_path();
+        if p.extension().is_some_and(|e| e == "lvb") {
+            let bytes = std::fs::read(&p).unwrap();
+            let env = logveil::envelope::Envelope::decode(&bytes).unwrap();
+            policies.insert(hex::encode(env.header.policy_hash));
+            files += 1;
+        }
+    }
+    assert_eq!(policies.len(), 2);
+
+    let ledger = w.path("archive/.custody/ledger.jsonl");
+    let entries_before = std::fs::read_to_string(&ledger).unwrap().lines().count();
+    let (ok, report) = w.verify_archive(
+        &w.path("archive"),
+        &[
+            "--record-with",
+            w.path("keys/store.key").to_str().unwrap(),
+            "--who",
+            "auditor-7",
+        ],
+    );
+    assert!(ok, "{report}");
+    assert!(
+        report.starts_with(&format!(
+            "hosts: 1, chains: 1, batches: {files}, tombstones: 0, records: 1500, ledger entries: {entries_before}, problems: 0\n"
+        )),
+        "{report}"
+    );
+    let chain: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("chain test-host/default/"))
+        .collect();
+    assert_eq!(chain.len(), 1, "{report}");
+    let listed: std::collections::BTreeSet<String> = chain[0]
+        .split("policy hashes: ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .map(str::to_string)
+        .collect();
+    assert_eq!(listed, policies, "{report}");
+    assert!(
+        chain[0].contains(&format!("batches: {files}, tombstones: 0, records: 1500,")),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!(
+            "recorded as custody ledger entry {}",
+            entries_before + 1
+        )),
+        "{report}"
+    );
+
+    // The run is the ledger's newest entry, and a later run still verifies the ledger.
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let e = &last["entry"];
+    assert_eq!(e["kind"], "verified", "{e}");
+    assert_eq!(e["who"], "auditor-7");
+    assert_eq!(e["problems"], 0);
+    assert_eq!(e["batches"], files);
+    assert_eq!(e["ledger_entries"], entries_before as u64);
+    let (ok, again) = w.verify_archive(&w.path("archive"), &[]);
+    assert!(ok, "{again}");
+    assert!(
+        again.contains(&format!(
+            "ledger entries: {}, problems: 0",
+            entries_before + 1
+        )),
+        "{again}"
+    );
+}

@@ -663,6 +663,41 @@ async fn a_bad_signature_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsigned_batch_is_refused_and_nothing_is_written() {
+    let host = Host::new("web-1");
+    let store = enrolled_store(&[&host]).await;
+    let signed = host.peek(2);
+    let header_len = u32::from_be_bytes(signed[4..8].try_into().unwrap()) as usize;
+    let sig = 8 + header_len..8 + header_len + 64;
+    // The signature's 64 bytes are all zero: an envelope nobody signed.
+    let mut zeroed = signed.clone();
+    zeroed[sig.clone()].fill(0);
+    let json = store
+        .expect_refused(zeroed, StatusCode::UNAUTHORIZED, "bad_signature")
+        .await;
+    assert!(!json["message"].as_str().unwrap().is_empty());
+    // No signature at all: the payload follows the header directly.
+    let mut missing = signed[..sig.start].to_vec();
+    missing.extend_from_slice(&signed[sig.end..]);
+    store
+        .expect_refused(missing, StatusCode::BAD_REQUEST, "malformed")
+        .await;
+    // Both refusals are on record; the chain still starts at seq 1 with the signed batch.
+    let rejected: Vec<String> = store
+        .ledger()
+        .iter()
+        .filter(|e| e["kind"] == "rejected")
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(rejected, ["bad_signature", "malformed"], "{rejected:?}");
+    assert_eq!(store.post(signed).await, stored(1));
+    assert!(store.files().contains(&store.batch_path(&host, 1)));
+    let report = store.verify();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!((report.batches, report.records), (1, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_host_is_forbidden() {
     let store = Store::start(Options::default()).await;
     let stranger = Host::new("web-9");

@@ -172,7 +172,11 @@ fn batches_lost_from_the_agent_buffer_are_declared_as_a_gap_in_the_custody_ledge
         .output()
         .unwrap();
     assert!(out.status.success());
-    w.receiver_extra = format!("store_key = \"{}\"\n", w.path("keys/store.key").display());
+    let store_telemetry = free_port();
+    w.receiver_extra = format!(
+        "store_key = \"{}\"\n[telemetry]\nlisten = \"127.0.0.1:{store_telemetry}\"\n",
+        w.path("keys/store.key").display()
+    );
     let telemetry = free_port();
     w.agent_extra =
         format!("batch_max_bytes = 8192\n[telemetry]\nlisten = \"127.0.0.1:{telemetry}\"\n");
@@ -200,10 +204,26 @@ fn batches_lost_from_the_agent_buffer_are_declared_as_a_gap_in_the_custody_ledge
         buffer.flush().unwrap();
         lost
     };
-    let _store = w.start_receiver();
+    let store = w.start_receiver();
+    let gap_alerts = "logveil_receiver_custody_alerts_total{kind=\"gap\"}";
+    assert_eq!(metric(store_telemetry, gap_alerts), None, "no gap yet");
     let agent = w.start_agent();
     w.wait_records(1000 - lost_records, LONG);
     assert!(agent.log_text().contains("declaring the gap"));
+    // The store raised the alert: one ERROR line naming it, and the counter.
+    let alerts: Vec<String> = store
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("custody_gap"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert!(
+        alerts[0].contains("ERROR") && alerts[0].contains("from=1") && alerts[0].contains("to=2"),
+        "{}",
+        alerts[0]
+    );
+    assert_eq!(metric(store_telemetry, gap_alerts), Some(1.0));
     let ledger = std::fs::read_to_string(w.path("archive/.custody/ledger.jsonl")).unwrap();
     assert!(ledger.contains("gap"), "the custody ledger records the gap");
     let verify = Command::new(bin())
@@ -220,4 +240,174 @@ fn batches_lost_from_the_agent_buffer_are_declared_as_a_gap_in_the_custody_ledge
         "a declared gap verifies: {}",
         String::from_utf8_lossy(&verify.stdout)
     );
+}
+
+#[test]
+fn a_store_that_stops_answering_times_out_is_retried_and_gets_every_line_once() {
+    let mut w = World::new();
+    w.agent_extra = "request_timeout = \"1s\"\n".into();
+    let store = w.start_receiver();
+    let agent = w.start_agent();
+    let file = w.logs().join("t.log");
+    lines(&file, "t", 0, 50);
+    w.wait_records(50, LONG);
+    // The store hangs: the kernel still accepts connections, nothing answers.
+    store.signal(Signal::SIGSTOP);
+    lines(&file, "t", 50, 150);
+    wait_until(LONG, "a request timed out and is retried", || {
+        agent
+            .log_text()
+            .lines()
+            .any(|l| l.contains("delivery failed, will retry") && l.contains("timeout"))
+    });
+    store.signal(Signal::SIGCONT);
+    let records = w.wait_records(150, LONG);
+    assert_file_shipped_exactly_once(&records, &file);
+    let (ok, report) = w.verify();
+    assert!(ok, "{report}");
+}
+
+/// Replaces the oldest batch in the agent's stopped buffer by one whose payload holds the
+/// same records in other bytes (recompressed, padded with a zstd skippable frame to the same
+/// length): what a damaged buffer that still decodes looks like. Returns its record count.
+fn damage_oldest_payload(buffer_dir: &std::path::Path) -> usize {
+    let db = sled::open(buffer_dir).unwrap();
+    let batches = db.open_tree("batches").unwrap();
+    let (key, stored) = batches.iter().next().unwrap().unwrap();
+    let env = logveil::envelope::Envelope::decode(&stored).unwrap();
+    let raw = env.decompress(env.header.decompressed_len).unwrap();
+    let target = env.payload.len();
+    let mut payload = zstd::bulk::compress(&raw, 19).unwrap();
+    assert!(payload.len() + 8 <= target, "level 19 is not smaller");
+    let pad = target - payload.len() - 8;
+    payload.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+    payload.extend_from_slice(&(pad as u32).to_le_bytes());
+    payload.resize(target, 0);
+    let mut damaged = stored[..stored.len() - target].to_vec();
+    damaged.extend_from_slice(&payload);
+    assert_ne!(&damaged[..], &stored[..]);
+    let records = env.header.record_count as usize;
+    batches.insert(key, damaged).unwrap();
+    db.flush().unwrap();
+    records
+}
+
+#[test]
+fn a_batch_the_store_refuses_with_400_is_dead_lettered_counted_shown_redacted_and_replayed() {
+    let mut w = World::new();
+    let telemetry = free_port();
+    w.agent_extra =
+        format!("batch_max_bytes = 8192\n[telemetry]\nlisten = \"127.0.0.1:{telemetry}\"\n");
+    // The store is down: batches wait in the buffer.
+    let mut agent = w.start_agent();
+    let file = w.logs().join("p.log");
+    let line = |i: usize| format!("p {i:05} mail from jane.doe@example.com shipping test line");
+    let text: String = (0..300).map(|i| line(i) + "\n").collect();
+    append(&file, &text);
+    wait_until(
+        LONG,
+        "every line read and sealed into several batches",
+        || {
+            metric(telemetry, "logveil_agent_lines_read_total") == Some(300.0)
+                && metric(telemetry, "logveil_agent_buffer_batches").is_some_and(|b| b >= 2.0)
+        },
+    );
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(20)).success());
+    let lost = damage_oldest_payload(&w.path("data/buffer"));
+
+    let _store = w.start_receiver();
+    let mut agent = w.start_agent();
+    w.wait_records(300 - lost, LONG);
+    wait_until(LONG, "the dead letter is counted", || {
+        metric(telemetry, "logveil_agent_batches_dead_lettered_total") == Some(1.0)
+    });
+    let log = agent.log_text();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("refused a batch for good"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{log}");
+    assert!(
+        refused[0].contains("ERROR") && refused[0].contains("HTTP 400: payload_hash"),
+        "{}",
+        refused[0]
+    );
+    assert!(
+        !log.contains("jane.doe"),
+        "the agent's logs hold no content"
+    );
+    let (ok, report) = w.verify();
+    assert!(ok && report.contains("tombstones: 1,"), "{report}");
+
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(20)).success());
+    let cfg = w.path("agent.toml");
+    let dead_letter = |args: &[&str]| {
+        let out = Command::new(bin())
+            .arg("dead-letter")
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed = dead_letter(&["list"]);
+    let rows: Vec<&str> = listed.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{listed}");
+    let cols: Vec<&str> = rows[0].split('\t').collect();
+    assert_eq!(cols[0], "default");
+    assert_eq!(cols[2], lost.to_string());
+    assert_eq!(cols[4], "HTTP 400: payload_hash", "{listed}");
+    let shown = dead_letter(&["show"]);
+    let shown: Vec<serde_json::Value> = shown
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(shown.len(), lost);
+    for r in &shown {
+        let body = r["body"].as_str().unwrap();
+        assert!(
+            body.contains("[REDACTED:email]") && !body.contains("jane.doe"),
+            "{body}"
+        );
+    }
+    let replayed = dead_letter(&["replay"]);
+    assert!(replayed.contains("replayed default seq"), "{replayed}");
+    assert_eq!(
+        dead_letter(&["list"]).lines().count(),
+        1,
+        "only the header is left"
+    );
+
+    let _agent = w.start_agent();
+    let records = w.wait_records(300, LONG);
+    // Every line exactly once, redacted, at its offset; the replayed ones later in the chain.
+    let mut got: Vec<(u64, String)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["offset"].as_u64().unwrap(),
+                r["body"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut offset = 0;
+    for (i, (o, body)) in got.iter().enumerate() {
+        assert_eq!(*o, offset, "line {i}");
+        assert_eq!(
+            *body,
+            line(i).replace("jane.doe@example.com", "[REDACTED:email]")
+        );
+        offset += line(i).len() as u64 + 1;
+    }
+    let (ok, report) = w.verify();
+    assert!(ok, "{report}");
 }

@@ -273,3 +273,168 @@ fn operators_read_by_role_with_a_reason_and_every_read_is_recorded() {
     let (clean, report) = store.verify();
     assert!(clean, "{report}");
 }
+
+/// A private CA issuing the store's server certificate and operators' client certificates.
+struct Pki {
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "logveil test CA");
+        let ca = p.self_signed(&ca_key).unwrap();
+        Pki { ca, ca_key }
+    }
+
+    /// Writes `<dir>/<file>.pem` and `<dir>/<file>.key` for a certificate valid for `name`.
+    fn issue(&self, dir: &std::path::Path, file: &str, name: &str, client: bool) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.extended_key_usages = vec![if client {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+#[test]
+fn an_operator_reads_by_client_certificate_and_the_read_is_on_record() {
+    let mut store = Store::new("");
+    store.start();
+    let mut default = Host::new("web-1", "default");
+    let mut audit = Host::new("web-1", "audit");
+    default.enroll(&store.path("trusted"));
+    assert_eq!(
+        store.post(default.next(&[("2025-03-01T10:00:00Z", "u1", "login")])),
+        200
+    );
+    assert_eq!(
+        store.post(audit.next(&[("2025-03-01T11:00:00Z", "root", "sudo")])),
+        200
+    );
+    store.stop();
+
+    // The store comes back on HTTPS, requiring client certificates; operators by certificate.
+    let pki = Pki::new();
+    let dir = store.path("pki");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ca.pem"), pki.ca.pem()).unwrap();
+    pki.issue(&dir, "server", "localhost", false);
+    pki.issue(&dir, "alice", "ops.alice", true);
+    pki.issue(&dir, "mallory", "ops.mallory", true);
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    store.extra = format!(
+        "[receiver.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n\
+         [receiver.access]\ncerts = {{ \"ops.alice\" = \"auditor\" }}\n",
+        p("server.pem"),
+        p("server.key"),
+        p("ca.pem")
+    );
+    store.start();
+    let url = format!("https://localhost:{}", store.port);
+    let read_as = |who: &str, reason: &str| {
+        run(&[
+            "archive",
+            "search",
+            "--store",
+            &url,
+            "--ca",
+            &p("ca.pem"),
+            "--cert",
+            &p(&format!("{who}.pem")),
+            "--key",
+            &p(&format!("{who}.key")),
+            "--stream",
+            "audit",
+            "--reason",
+            reason,
+        ])
+    };
+    let out = read_as("alice", "INC-88 sudo review");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(
+        (&lines[0]["user"], &lines[0]["stream"]),
+        (&"root".into(), &"audit".into())
+    );
+    // A certificate of the same CA for a name not in access.certs identifies nobody.
+    let out = read_as("mallory", "curious");
+    assert!(!out.status.success() && out.stdout.is_empty());
+
+    let read: Vec<(String, String, String, String, String, bool, u64)> = store
+        .ledger()
+        .into_iter()
+        .filter_map(|e| match e.event {
+            Event::Read {
+                who,
+                role,
+                via,
+                reason,
+                what,
+                allowed,
+                records,
+            } => Some((who, role, via, reason, what, allowed, records)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(read.len(), 2, "{read:?}");
+    assert_eq!(
+        read[0],
+        (
+            "ops.alice".to_string(),
+            "auditor".to_string(),
+            "api-cert".to_string(),
+            "INC-88 sudo review".to_string(),
+            "stream=audit".to_string(),
+            true,
+            1
+        )
+    );
+    assert_eq!((read[1].0.as_str(), read[1].5), ("-", false), "{read:?}");
+    store.stop();
+
+    // An auditor's copy verifies offline, with the reads on record.
+    let copy = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(store.archive())
+        .arg(copy.path().join("archive"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Nothing of the original is reachable any more.
+    std::fs::rename(store.archive(), store.path("archive.moved")).unwrap();
+    let out = run(&[
+        "verify",
+        "--archive",
+        copy.path().join("archive").to_str().unwrap(),
+        "--keys",
+        store.path("trusted").to_str().unwrap(),
+        "--store-key",
+        store.path("keys/store.pub").to_str().unwrap(),
+    ]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.starts_with("hosts: 1, chains: 2, batches: 2, tombstones: 0, records: 2,"),
+        "{report}"
+    );
+}

@@ -180,7 +180,7 @@ impl<A: ArchiveBackend> Ingest<A> {
         let ledger = match ledger {
             None => None,
             Some((ledger, entries)) => {
-                reconcile(&archive, &ledger, &entries, &mut tips).await?;
+                reconcile(&archive, &ledger, &entries, &mut tips, &metrics).await?;
                 Some(ledger)
             }
         };
@@ -467,6 +467,7 @@ impl<A: ArchiveBackend> Ingest<A> {
             seq: s.to,
             link: gap.link,
         });
+        self.metrics.count_alert("gap");
         tracing::error!(
             alert = "custody_gap",
             host = %s.host,
@@ -522,6 +523,7 @@ async fn reconcile<A: ArchiveBackend>(
     ledger: &Arc<Ledger>,
     entries: &[Entry],
     tips: &mut HashMap<ChainKey, Tip>,
+    metrics: &ReceiverMetrics,
 ) -> Result<(), StoreError> {
     let from_ledger = ledger_chains(entries);
     let mut keys: Vec<ChainKey> = tips.keys().cloned().collect();
@@ -570,6 +572,7 @@ async fn reconcile<A: ArchiveBackend>(
                 (a + 1..=l).all(|s| c.retained_away.iter().any(|(f, t)| (*f..=*t).contains(&s)))
             });
             if !retained {
+                metrics.count_alert("archive_shortened");
                 tracing::error!(
                     alert = "custody_archive_shortened",
                     host = %key.host,
@@ -584,6 +587,7 @@ async fn reconcile<A: ArchiveBackend>(
             }
         } else if let (Some(h), Some(t)) = (head, archive_tip) {
             if h.link != t.link {
+                metrics.count_alert("archive_altered");
                 tracing::error!(
                     alert = "custody_archive_altered",
                     host = %key.host,

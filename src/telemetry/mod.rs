@@ -145,6 +145,9 @@ pub struct ReceiverMetrics {
     pub batches_rejected: Family<Labels, Counter>,
     pub records_accepted: Counter,
     pub bytes_accepted: Counter,
+    /// Custody alerts raised (the ERROR lines with `alert = ...`), by kind: `gap`,
+    /// `archive_shortened`, `archive_altered`.
+    pub custody_alerts: Family<Labels, Counter>,
 }
 
 impl ReceiverMetrics {
@@ -175,7 +178,18 @@ impl ReceiverMetrics {
             "Envelope bytes written to the archive",
             self.bytes_accepted.clone(),
         );
+        r.register(
+            "custody_alerts",
+            "Custody alerts raised, by kind (gap, archive_shortened, archive_altered)",
+            self.custody_alerts.clone(),
+        );
         r
+    }
+
+    pub fn count_alert(&self, kind: &str) {
+        self.custody_alerts
+            .get_or_create(&vec![("kind".to_string(), kind.to_string())])
+            .inc();
     }
 
     pub fn count_rejection(&self, reason: &str) {

@@ -95,6 +95,8 @@ pub struct World {
     pub agent_env: Vec<(String, String)>,
     /// A command line the agent is started under (its last argument execs the agent).
     pub agent_wrapper: Vec<String>,
+    /// `agent.host_id`; empty leaves it unset (the agent takes the machine's hostname).
+    pub host_id: String,
     starts: u32,
 }
 
@@ -111,6 +113,7 @@ impl World {
             sources: String::new(),
             agent_env: Vec::new(),
             agent_wrapper: Vec::new(),
+            host_id: "test-host".into(),
             starts: 0,
             dir,
         };
@@ -173,7 +176,12 @@ impl World {
             self.sources.clone()
         };
         let text = format!(
-            "[agent]\nhost_id = \"test-host\"\ndata_dir = \"{}\"\nsigning_key = \"{}\"\nshutdown_timeout = \"5s\"\n\n{}\n[sink]\nurl = \"{}\"\nbatch_max_wait = \"200ms\"\nretry_initial = \"50ms\"\nretry_max = \"500ms\"\nmisconfigured_retry = \"500ms\"\n{}\n",
+            "[agent]\n{}data_dir = \"{}\"\nsigning_key = \"{}\"\nshutdown_timeout = \"5s\"\n\n{}\n[sink]\nurl = \"{}\"\nbatch_max_wait = \"200ms\"\nretry_initial = \"50ms\"\nretry_max = \"500ms\"\nmisconfigured_retry = \"500ms\"\n{}\n",
+            if self.host_id.is_empty() {
+                String::new()
+            } else {
+                format!("host_id = \"{}\"\n", self.host_id)
+            },
             self.path("data").display(),
             self.path("keys/agent.key").display(),
             sources,
@@ -279,6 +287,45 @@ impl World {
             .arg(self.path("archive"))
             .arg("--keys")
             .arg(self.path("trusted"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// Makes the store's key pair (`keys/store.key`, `keys/store.pub`) and has the store keep
+    /// a custody ledger with it (appends to `receiver_extra`).
+    pub fn use_store_key(&mut self) {
+        let out = Command::new(bin())
+            .args(["keygen", "--name", "store", "--out"])
+            .arg(self.path("keys"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "keygen --name store failed: {out:?}");
+        self.receiver_extra = format!(
+            "store_key = \"{}\"\n{}",
+            self.path("keys/store.key").display(),
+            self.receiver_extra
+        );
+    }
+
+    /// `logveil verify` of `archive` with the store's public key and `extra` arguments:
+    /// (exit status 0, stdout and stderr).
+    pub fn verify_archive(&self, archive: &Path, extra: &[&str]) -> (bool, String) {
+        let out = Command::new(bin())
+            .args(["verify", "--archive"])
+            .arg(archive)
+            .arg("--keys")
+            .arg(self.path("trusted"))
+            .arg("--store-key")
+            .arg(self.path("keys/store.pub"))
+            .args(extra)
             .output()
             .unwrap();
         (
