@@ -325,6 +325,7 @@ fn no_labelled_pii_in_buffer_archive_or_agent_logs() {
             "too few {t} labels checked: {per_type:?}"
         );
     }
+    eprintln!("labels checked per type: {per_type:?}");
     // Whole-text searches (sled's and the archive's files) use the machine-detectable
     // types only: a name under a field in one entry may be free text in another.
     let machine = all_needles(

@@ -591,9 +591,19 @@ impl Redactor {
         }
         // 2. Key/value pairs.
         if self.key_hints.is_match(text) {
-            for c in self.kv.captures_iter(text) {
+            let mut pos = 0;
+            while let Some(c) = self.kv.captures_at(text, pos) {
+                pos = c.get(0).expect("group 0 always matches").end();
                 let key = c.get(1).expect("group 1 always matches");
                 let Some(ty) = self.field_type(key.as_str()) else {
+                    // A bare value holding `=` or ending in `:` may be the next pair's key
+                    // (`received: name="Jane Roe"`): look again from the byte before it
+                    // (ASCII: a delimiter or space).
+                    if let Some(v) = c.get(5) {
+                        if v.as_str().contains('=') || v.as_str().ends_with(':') {
+                            pos = v.start() - 1;
+                        }
+                    }
                     continue;
                 };
                 let Some(v) = c.get(2).or(c.get(3)).or(c.get(4)).or(c.get(5)) else {

@@ -334,3 +334,16 @@ fn explain_gives_positions_and_rules_never_values() {
         (2, 11, "email", "email")
     );
 }
+
+#[test]
+fn a_field_right_after_another_key_is_still_masked() {
+    // `received:` once took `name=` as its bare value and hid the `name` key.
+    assert_eq!(
+        r(r#"INFO W-9 received: name="Adam Anderson" tin=373-77-6938"#),
+        r#"INFO W-9 received: name="[REDACTED:name]" tin=[REDACTED:vat]"#
+    );
+    assert_eq!(r("msg: name: Bob"), "msg: name: [REDACTED:name]");
+    // An ARN's `…:secret:prod/x` stays: it is no `key: value` pair.
+    let arn = "from arn:aws:secretsmanager:eu-west-1:112677228308:secret:prod/sync-sSndbo ok";
+    assert_eq!(r(arn), arn);
+}
