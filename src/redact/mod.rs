@@ -38,8 +38,8 @@
 //! # Allow-list
 //! `[[redact.allow]]` entries (a pattern, optionally a type) let through a *finding* whose
 //! exact text fully matches the pattern. They never switch a detector off: every allowed
-//! finding is counted (`allowed`) and shown by `--explain`, and a value that is also found
-//! by another, non-allowed rule is still masked.
+//! finding is shown by `--explain` (`mode=allowed`), and a value that is also found by
+//! another, non-allowed rule is still masked.
 //!
 //! # Fail closed
 //! A record longer than `max_record_bytes`, nested deeper than the JSON or decoding limits,
