@@ -188,3 +188,41 @@ proptest! {
         prop_assert!(serde_json::from_str::<serde_json::Value>(&out.text).is_ok(), "not JSON: {}", out.text);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// A name under a PII field name is masked whatever comes before the pair (another
+    /// `key:` or `key=` that could take the field's key as its own value) and even when a
+    /// Latin-1 byte inside it makes the line invalid UTF-8.
+    #[test]
+    fn a_name_under_a_field_name_never_survives_a_prefix_or_an_invalid_byte(
+        prefix in "([a-z]{3,10}(: |=| ))?",
+        field in proptest::sample::select(vec!["name", "buyer_name", "recipient", "BuyerName", "shipping_address", "card_holder"]),
+        first in "[A-Z][a-z]{3,8}",
+        last in "[A-Z][a-z]{3,10}",
+        style in 0u8..3,
+        latin1 in any::<bool>(),
+    ) {
+        let mut value = format!("{first} {last}").into_bytes();
+        if latin1 {
+            let at = value.len() - 2;
+            value[at] = 0xe9;
+        }
+        let mut line = Vec::new();
+        let (open, close) = match style {
+            0 => (format!("{prefix}{field}=\""), "\" took=3s".to_string()),
+            1 => (format!("{prefix}{{\"msg\":\"ok\",\"{field}\":\""), "\"}".to_string()),
+            _ => (format!("{prefix}\"{field}\"=>\""), "\"".to_string()),
+        };
+        line.extend_from_slice(open.as_bytes());
+        line.extend_from_slice(&value);
+        line.extend_from_slice(close.as_bytes());
+        let red = Redactor::defaults();
+        let (body, _) = logveil::pipeline::record::redact_line(&line, |t| {
+            red.redact_record(t, Format::Auto, &mut Counts::default(), None).text
+        });
+        prop_assert!(!body.contains(&format!("{first} ")), "{first} survived in {body}");
+        prop_assert!(body.contains("[REDACTED:"), "nothing masked in {body}");
+    }
+}

@@ -596,13 +596,20 @@ impl Redactor {
                 pos = c.get(0).expect("group 0 always matches").end();
                 let key = c.get(1).expect("group 1 always matches");
                 let Some(ty) = self.field_type(key.as_str()) else {
-                    // A bare value holding `=` or ending in `:` may be the next pair's key
-                    // (`received: name="Jane Roe"`): look again from the byte before it
-                    // (ASCII: a delimiter or space).
+                    // A value may be the next pair's key (`received: name="Jane Roe"`,
+                    // `msg: "name"=>"Jane Roe"`): a bare one holding `=` or ending in `:`, a
+                    // quoted one followed by `=`/`:`. Look again from the byte before it
+                    // (ASCII: a delimiter, space or quote).
                     if let Some(v) = c.get(5) {
                         if v.as_str().contains('=') || v.as_str().ends_with(':') {
                             pos = v.start() - 1;
                         }
+                    } else if text[pos..]
+                        .trim_start_matches([' ', '\t'])
+                        .starts_with(['=', ':'])
+                    {
+                        let v = c.get(2).or(c.get(3)).or(c.get(4)).expect("one value group");
+                        pos = v.start() - 1;
                     }
                     continue;
                 };

@@ -343,6 +343,10 @@ fn a_field_right_after_another_key_is_still_masked() {
         r#"INFO W-9 received: name="[REDACTED:name]" tin=[REDACTED:vat]"#
     );
     assert_eq!(r("msg: name: Bob"), "msg: name: [REDACTED:name]");
+    assert_eq!(
+        r(r#"msg: "name"=>"Jane Roe""#),
+        r#"msg: "name"=>"[REDACTED:name]""#
+    );
     // An ARN's `…:secret:prod/x` stays: it is no `key: value` pair.
     let arn = "from arn:aws:secretsmanager:eu-west-1:112677228308:secret:prod/sync-sSndbo ok";
     assert_eq!(r(arn), arn);
