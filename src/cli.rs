@@ -667,8 +667,8 @@ fn redact_stream(
                 writeln!(
                     ex,
                     "line={number} start={} end={} type={} rule={} mode={}{}",
-                    e.start,
-                    e.end,
+                    crate::pipeline::record::input_offset(&line, e.start),
+                    crate::pipeline::record::input_offset(&line, e.end),
                     e.kind,
                     e.rule,
                     e.mode,

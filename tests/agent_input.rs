@@ -256,3 +256,47 @@ fn pii_in_file_names_stays_out_of_records_and_the_agents_logs() {
         "an SSN from a file name is in the agent's logs"
     );
 }
+
+#[test]
+fn a_record_over_the_redaction_limit_is_shipped_masked_whole_and_logged_without_content() {
+    let mut w = World::new();
+    w.agent_env = vec![("LOGVEIL_LOG".into(), "debug".into())];
+    w.agent_extra = "[redact]\nmax_record_bytes = 64\n".into();
+    let _store = w.start_receiver();
+    let _agent = w.start_agent();
+    let short = "mail jane@x.io";
+    let long = format!(
+        "card 4111 1111 1111 1111 holder Jane Roe mail jane.roe@example.com {}",
+        "x".repeat(40)
+    );
+    assert!(long.len() > 64);
+    append(&w.logs().join("app.log"), &format!("{short}\n{long}\n"));
+    let records = w.wait_records(2, LONG);
+    assert_eq!(records[0]["body"], "mail [REDACTED:email]");
+    assert_eq!(records[1]["body"], "[REDACTED:unscannable]");
+    assert_eq!(
+        records[1]["redactions"],
+        serde_json::json!({"unscannable": 1})
+    );
+    let offset = short.len() + 1;
+    assert_eq!(records[1]["offset"], offset);
+    let logs = w.agent_logs();
+    let warned: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("could not be scanned"))
+        .collect();
+    assert_eq!(warned.len(), 1, "one warning for the one record: {logs}");
+    assert!(
+        warned[0].contains(&format!("offset={offset}")) && warned[0].contains("source=app"),
+        "{}",
+        warned[0]
+    );
+    for value in [
+        "4111 1111 1111 1111",
+        "Jane Roe",
+        "jane.roe@example.com",
+        "jane@x.io",
+    ] {
+        assert!(!logs.contains(value), "{value} is in the agent's logs");
+    }
+}

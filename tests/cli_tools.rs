@@ -285,3 +285,149 @@ fn verify_summarises_each_chain_with_its_policy_hashes_and_records_its_run() {
         "{again}"
     );
 }
+
+/// Runs `logveil redact` with `args` on `input`; returns (stdout, stderr).
+fn redact(args: &[&str], input: &[u8]) -> (Vec<u8>, String) {
+    use std::io::Write;
+    let mut child = Command::new(bin())
+        .arg("redact")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "redact {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.stdout, String::from_utf8(out.stderr).unwrap())
+}
+
+/// Input for the `redact` tests: PII of several types, an empty line, a CRLF line, a line
+/// that is not valid UTF-8 (Latin-1 `é` inside a JSON name field), a last line without `\n`.
+const PII_VALUES: [&str; 6] = [
+    "jane.doe@example.com",
+    "10.61.43.43",
+    "4111 1111 1111 1111",
+    "Jane Roe",
+    "Garcia",
+    "+14155550123",
+];
+
+fn redact_input() -> Vec<u8> {
+    let mut input = Vec::new();
+    input.extend_from_slice(b"sent to jane.doe@example.com from 10.61.43.43\n");
+    input.extend_from_slice(b"\n");
+    input.extend_from_slice(b"{\"buyer_name\":\"Jane Roe\",\"card\":\"4111 1111 1111 1111\"}\n");
+    input.extend_from_slice(b"\r\n");
+    input.extend_from_slice(b"{\"buyer_name\":\"Jos\xe9 Garcia\",\"n\":1}\n");
+    input.extend_from_slice(b"tel +14155550123 ok\r\n");
+    input.extend_from_slice(b"no newline at the end");
+    input
+}
+
+#[test]
+fn redact_keeps_one_output_line_per_input_line() {
+    let input = redact_input();
+    let (out, _) = redact(&[], &input);
+    let out_lines: Vec<&[u8]> = out.split(|&b| b == b'\n').collect();
+    // 7 input lines, each ended by `\n` on output (the last split is the empty tail).
+    assert_eq!(out_lines.len(), 8, "{}", String::from_utf8_lossy(&out));
+    assert_eq!(out_lines[7], b"");
+    assert_eq!(out_lines[1], b"", "an empty line stays empty");
+    assert_eq!(out_lines[3], b"", "a CRLF empty line stays one empty line");
+    assert_eq!(out_lines[6], b"no newline at the end");
+    let text = String::from_utf8(out.clone()).unwrap();
+    for v in PII_VALUES {
+        assert!(!text.contains(v), "{v} survived: {text}");
+    }
+    // The invalid UTF-8 line is escaped, and its name field is still masked whole.
+    assert_eq!(out_lines[4], br#"{"buyer_name":"[REDACTED:name]","n":1}"#);
+    assert!(text.contains("[REDACTED:email]") && text.contains("[REDACTED:ipv4]"));
+    assert!(text.contains("[REDACTED:card]") && text.contains("[REDACTED:phone]"));
+}
+
+/// Parses `line=N start=S end=E type=T rule=R mode=M` lines.
+fn explain_lines(text: &str) -> Vec<(usize, usize, usize, String, String, String)> {
+    text.lines()
+        .map(|l| {
+            let f: std::collections::HashMap<&str, &str> = l
+                .split(' ')
+                .map(|kv| kv.split_once('=').unwrap_or_else(|| panic!("bad line {l}")))
+                .collect();
+            (
+                f["line"].parse().unwrap(),
+                f["start"].parse().unwrap(),
+                f["end"].parse().unwrap(),
+                f["type"].to_string(),
+                f["rule"].to_string(),
+                f["mode"].to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn redact_explain_goes_to_stderr_or_a_file_never_to_stdout_and_holds_no_value() {
+    let input = redact_input();
+    let (plain_out, plain_err) = redact(&[], &input);
+    assert_eq!(plain_err, "", "nothing on stderr without --explain");
+    let (out, err) = redact(&["--explain"], &input);
+    assert_eq!(out, plain_out, "--explain does not change stdout");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("explain.txt");
+    let (out, file_err) = redact(&["--explain", file.to_str().unwrap()], &input);
+    assert_eq!(out, plain_out, "--explain FILE does not change stdout");
+    assert_eq!(file_err, "", "with a file, nothing on stderr");
+    let from_file = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(from_file, err, "the file holds what stderr held");
+
+    for v in PII_VALUES {
+        assert!(!err.contains(v), "{v} is in the explanation: {err}");
+    }
+    let ex = explain_lines(&err);
+    let lines: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+    // Every span named is, in the input line, exactly the value it masked.
+    let expect = [
+        (1, "jane.doe@example.com", "email", "email"),
+        (1, "10.61.43.43", "ipv4", "ipv4"),
+        (3, "Jane Roe", "name", "field"),
+        (3, "4111 1111 1111 1111", "card", "card"),
+        (5, "Jos\u{FFFD} Garcia", "name", "field"),
+        (6, "+14155550123", "phone", "phone_international"),
+    ];
+    assert_eq!(ex.len(), expect.len(), "{err}");
+    for ((line, start, end, kind, rule, mode), (el, value, ek, er)) in ex.iter().zip(expect) {
+        assert_eq!((*line, kind.as_str(), rule.as_str()), (el, ek, er), "{err}");
+        assert_eq!(mode, "redact");
+        let span = String::from_utf8_lossy(&lines[line - 1][*start..*end]);
+        assert_eq!(span, value, "line {line} span {start}..{end}");
+    }
+}
+
+#[test]
+fn redact_format_selects_structured_handling_and_auto_detects_per_line() {
+    // Under the PII field `shipping_address` an object's parts are masked leaf by leaf:
+    // only a JSON walk sees them. Plain text still masks `"buyer_name":"…"` (key/value
+    // pairs are read in every format) and the e-mail.
+    let json =
+        r#"{"buyer_name":"Jane Roe","shipping_address":{"line":"1 Main St","town":"Springfield"}}"#;
+    let text = "sent to jane.doe@example.com";
+    let input = format!("{json}\n{text}\n");
+    let run = |format: &str| {
+        let (out, _) = redact(&["--format", format], input.as_bytes());
+        String::from_utf8(out).unwrap()
+    };
+    let walked = r#"{"buyer_name":"[REDACTED:name]","shipping_address":{"line":"[REDACTED:address]","town":"[REDACTED:address]"}}"#;
+    let flat = r#"{"buyer_name":"[REDACTED:name]","shipping_address":{"line":"1 Main St","town":"Springfield"}}"#;
+    let text_out = "sent to [REDACTED:email]";
+    assert_eq!(run("json"), format!("{walked}\n{text_out}\n"));
+    assert_eq!(run("plain"), format!("{flat}\n{text_out}\n"));
+    assert_eq!(run("logfmt"), format!("{flat}\n{text_out}\n"));
+    assert_eq!(run("auto"), format!("{walked}\n{text_out}\n"));
+    assert_eq!(redact(&[], input.as_bytes()).0, run("auto").into_bytes());
+}

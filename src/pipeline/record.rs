@@ -97,33 +97,100 @@ pub fn decode_line(bytes: &[u8]) -> (Cow<'_, str>, bool) {
     }
 }
 
-/// Decodes and redacts a line. Valid UTF-8 is redacted as one text. Otherwise each valid
-/// stretch between invalid bytes is redacted on its own (an invalid byte separates values
-/// like a space would), then escaped as [`decode_line`] does — so an escape's hex digits
-/// never glue onto a value and hide it, and the redacted body still unescapes exactly.
+/// Decodes and redacts a line. Valid UTF-8 is redacted as one text. Otherwise the whole
+/// line is redacted as one text in which each invalid byte stands for itself as a
+/// private-use character (one 256-character block the line does not use): that character
+/// is no letter or digit, so an escape's hex digits never glue onto a value and hide it,
+/// yet a JSON document or a quoted value with a stray Latin-1 byte inside
+/// (`{"buyer_name":"Jos\xe9 Garcia"}`) is still read whole. The result is escaped as
+/// [`decode_line`] does, so the redacted body still unescapes exactly. Only a line that
+/// uses all 25 blocks falls back to redacting each valid stretch on its own.
 pub fn redact_line<'a>(
     bytes: &'a [u8],
-    mut redact: impl FnMut(&'a str) -> Cow<'a, str>,
+    mut redact: impl for<'s> FnMut(&'s str) -> Cow<'s, str>,
 ) -> (Cow<'a, str>, bool) {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => (redact(s), false),
-        Err(_) => {
-            let mut out = String::with_capacity(bytes.len() + 16);
+    let Err(_) = std::str::from_utf8(bytes) else {
+        let text = std::str::from_utf8(bytes).expect("checked");
+        return (redact(text), false);
+    };
+    let mut out = String::with_capacity(bytes.len() + 16);
+    let push_escaped = |out: &mut String, c: char| {
+        if c == '\\' {
+            out.push_str("\\\\");
+        } else {
+            out.push(c);
+        }
+    };
+    match stand_in_block(bytes) {
+        Some(base) => {
+            let mut scan = String::with_capacity(bytes.len() * 2);
+            for chunk in bytes.utf8_chunks() {
+                scan.push_str(chunk.valid());
+                for &b in chunk.invalid() {
+                    scan.push(char::from_u32(base + u32::from(b)).expect("private use"));
+                }
+            }
+            for c in redact(&scan).chars() {
+                match u32::from(c).checked_sub(base) {
+                    Some(b) if b < 256 => out.push_str(&format!("\\x{b:02X}")),
+                    _ => push_escaped(&mut out, c),
+                }
+            }
+        }
+        None => {
             for chunk in bytes.utf8_chunks() {
                 for c in redact(chunk.valid()).chars() {
-                    if c == '\\' {
-                        out.push_str("\\\\");
-                    } else {
-                        out.push(c);
-                    }
+                    push_escaped(&mut out, c);
                 }
                 for b in chunk.invalid() {
                     out.push_str(&format!("\\x{b:02X}"));
                 }
             }
-            (Cow::Owned(out), true)
         }
     }
+    (Cow::Owned(out), true)
+}
+
+/// The first of the private-use blocks U+E000, U+E100, … U+F800 that no character of the
+/// line's valid text falls in: its characters stand in for invalid bytes while redacting.
+fn stand_in_block(bytes: &[u8]) -> Option<u32> {
+    let mut used = [false; 25];
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            let cp = u32::from(c);
+            if (0xE000..0xF900).contains(&cp) {
+                used[((cp - 0xE000) / 256) as usize] = true;
+            }
+        }
+    }
+    (0..25u32)
+        .find(|&i| !used[i as usize])
+        .map(|i| 0xE000 + i * 256)
+}
+
+/// Maps a byte offset in the text [`redact_line`] redacted back to the line's bytes: for a
+/// line that is not valid UTF-8, each invalid byte is three bytes long in that text.
+pub fn input_offset(bytes: &[u8], scan_offset: usize) -> usize {
+    if std::str::from_utf8(bytes).is_ok() || stand_in_block(bytes).is_none() {
+        return scan_offset;
+    }
+    let (mut scan, mut input) = (0, 0);
+    for chunk in bytes.utf8_chunks() {
+        let valid = chunk.valid().len();
+        if scan_offset <= scan + valid {
+            return input + (scan_offset - scan);
+        }
+        scan += valid;
+        input += valid;
+        for _ in chunk.invalid() {
+            if scan_offset < scan + 3 {
+                return input;
+            }
+            scan += 3;
+            input += 1;
+        }
+    }
+    input
 }
 
 /// Reverses [`decode_line`] for an escaped body.
@@ -165,6 +232,41 @@ mod tests {
     fn valid_utf8_is_untouched() {
         let (s, esc) = decode_line("héllo \\ world".as_bytes());
         assert_eq!((s.as_ref(), esc), ("héllo \\ world", false));
+    }
+
+    #[test]
+    fn a_field_value_holding_an_invalid_byte_is_masked_whole() {
+        let red = crate::redact::Redactor::defaults();
+        let mut counts = crate::redact::Counts::default();
+        // Latin-1 `é` inside a JSON name field, and a private-use character of the first
+        // stand-in block in the text: the next block stands in, the text comes back intact.
+        let raw = "{\"buyer_name\":\"Jos\u{FFFD} Garcia\",\"note\":\"\u{E0E9}\\\"}"
+            .replace('\u{FFFD}', "\u{1}");
+        let mut raw = raw.into_bytes();
+        let at = raw.iter().position(|&b| b == 1).unwrap();
+        raw[at] = 0xe9;
+        let (body, escaped) = redact_line(&raw, |t| red.redact(t, &mut counts));
+        assert!(escaped);
+        assert_eq!(
+            body,
+            "{\"buyer_name\":\"[REDACTED:name]\",\"note\":\"\u{E0E9}\\\\\"}"
+        );
+        assert_eq!(
+            unescape_body(&body),
+            "{\"buyer_name\":\"[REDACTED:name]\",\"note\":\"\u{E0E9}\\\"}".as_bytes()
+        );
+    }
+
+    #[test]
+    fn offsets_in_the_redacted_text_map_back_to_the_line() {
+        let raw = b"a\xffb jane@x.io";
+        // In the redacted text the invalid byte is three bytes long.
+        assert_eq!(input_offset(raw, 0), 0);
+        assert_eq!(input_offset(raw, 1), 1);
+        assert_eq!(input_offset(raw, 4), 2);
+        assert_eq!(input_offset(raw, 7), 5);
+        assert_eq!(input_offset(raw, 15), 13);
+        assert_eq!(input_offset(b"valid", 3), 3);
     }
 
     #[test]

@@ -38,8 +38,8 @@
 //! # Allow-list
 //! `[[redact.allow]]` entries (a pattern, optionally a type) let through a *finding* whose
 //! exact text fully matches the pattern. They never switch a detector off: every allowed
-//! finding is counted (`allowed`) and shown by `--explain`, and a value that is also found
-//! by another, non-allowed rule is still masked.
+//! finding is shown by `--explain` (`mode=allowed`), and a value that is also found by
+//! another, non-allowed rule is still masked.
 //!
 //! # Fail closed
 //! A record longer than `max_record_bytes`, nested deeper than the JSON or decoding limits,
@@ -78,7 +78,7 @@ use std::collections::HashMap;
 /// Deepest nesting of decoded views (URL in JSON escape in base64 …).
 const MAX_VIEW_DEPTH: usize = 4;
 /// Engine version in the policy hash: bump when detection changes.
-const ENGINE_VERSION: &str = "logveil-redact/2";
+const ENGINE_VERSION: &str = "logveil-redact/3";
 /// Marker type of a record that could not be scanned.
 pub const UNSCANNABLE: &str = "unscannable";
 
@@ -591,9 +591,26 @@ impl Redactor {
         }
         // 2. Key/value pairs.
         if self.key_hints.is_match(text) {
-            for c in self.kv.captures_iter(text) {
+            let mut pos = 0;
+            while let Some(c) = self.kv.captures_at(text, pos) {
+                pos = c.get(0).expect("group 0 always matches").end();
                 let key = c.get(1).expect("group 1 always matches");
                 let Some(ty) = self.field_type(key.as_str()) else {
+                    // A value may be the next pair's key (`received: name="Jane Roe"`,
+                    // `msg: "name"=>"Jane Roe"`): a bare one holding `=` or ending in `:`, a
+                    // quoted one followed by `=`/`:`. Look again from the byte before it
+                    // (ASCII: a delimiter, space or quote).
+                    if let Some(v) = c.get(5) {
+                        if v.as_str().contains('=') || v.as_str().ends_with(':') {
+                            pos = v.start() - 1;
+                        }
+                    } else if text[pos..]
+                        .trim_start_matches([' ', '\t'])
+                        .starts_with(['=', ':'])
+                    {
+                        let v = c.get(2).or(c.get(3)).or(c.get(4)).expect("one value group");
+                        pos = v.start() - 1;
+                    }
                     continue;
                 };
                 let Some(v) = c.get(2).or(c.get(3)).or(c.get(4)).or(c.get(5)) else {
