@@ -260,10 +260,24 @@ pub fn main() -> ExitCode {
                 eprintln!("logveil: {e}");
                 return ExitCode::from(EXIT_CONFIG);
             }
-            eprintln!("logveil: {e:#}");
+            eprintln!("logveil: {}", describe(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// An error and its causes, `a: b: c`, without repeating a cause whose text an outer
+/// message already includes (many errors here name their cause in their own message).
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn init_logging() {

@@ -431,3 +431,22 @@ fn redact_format_selects_structured_handling_and_auto_detects_per_line() {
     assert_eq!(run("auto"), format!("{walked}\n{text_out}\n"));
     assert_eq!(redact(&[], input.as_bytes()).0, run("auto").into_bytes());
 }
+
+#[test]
+fn an_error_names_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let keygen = || {
+        Command::new(bin())
+            .args(["keygen", "--out"])
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    assert!(keygen().status.success());
+    // The key pair exists: refused, and the OS error is given once, not once per cause.
+    let out = keygen();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("agent.key"), "{err}");
+    assert_eq!(err.matches("os error 17").count(), 1, "{err}");
+}
