@@ -1,11 +1,13 @@
 //! The central store end to end: a real server on 127.0.0.1 (plain, TLS, mTLS), real HTTP
 //! clients, real files. Every refusal is checked to leave the archive untouched.
 //!
-//! These start `logveil::receive::run` in-process on a free port, with a store key (so a
-//! custody ledger); the assertions are the ones the binary must pass too.
+//! Each test runs the real `logveil receive --config FILE` binary (tests/store_support) on a
+//! free port, with its config file, store key (so a custody ledger), trusted keys and archive
+//! in the test's temp dir; it is waited for with a deadline and stopped with SIGTERM.
+
+mod store_support;
 
 use ed25519_dalek::SigningKey;
-use logveil::config::ReceiverConfig;
 use logveil::envelope::{keys, seal, sha256, Envelope, Hash, Header, Kind, GENESIS_PREV_HASH};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -15,7 +17,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 const MAX_BODY: u64 = 64 * 1024;
 const MAX_DECOMPRESSED: u64 = 4 * 1024 * 1024;
@@ -201,83 +202,61 @@ impl Tls {
     }
 }
 
+/// The real `logveil receive --config FILE` process (tests/store_support), with the limits,
+/// TLS and telemetry these tests configure, and the clients that talk to it.
 struct Store {
-    archive: tempfile::TempDir,
-    keys: tempfile::TempDir,
-    /// Holds store.key / store.pub (the ledger key), apart from the hosts' keys.
-    store_key: tempfile::TempDir,
+    /// The store's files (config, keys/store.key, trusted/, archive/, receiver.log) and
+    /// its process; SIGTERM then kill when dropped.
+    proc: store_support::Store,
     addr: SocketAddr,
     telemetry: Option<SocketAddr>,
     base: String,
     client: reqwest::Client,
-    shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     options: Options,
 }
 
-/// The store's ledger key (fixed, so a restarted store in a test uses the same one).
-fn store_signing_key() -> SigningKey {
-    SigningKey::from_bytes(&sha256(b"the test store"))
-}
-
 fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], store_support::free_port()))
 }
 
 impl Store {
     async fn start(options: Options) -> Store {
-        let archive = tempfile::tempdir().unwrap();
-        let keys = tempfile::tempdir().unwrap();
-        Store::start_in(archive, keys, options).await
-    }
-
-    async fn start_in(
-        archive: tempfile::TempDir,
-        keys: tempfile::TempDir,
-        options: Options,
-    ) -> Store {
-        let addr = free_port();
         let telemetry = options.telemetry.then(free_port);
-        let store_key = tempfile::tempdir().unwrap();
-        keys::write_named_pair(store_key.path(), "store", &store_signing_key()).unwrap();
-        let mut text = format!(
-            "[receiver]\nlisten = \"{addr}\"\narchive_dir = \"{}\"\ntrusted_keys_dir = \"{}\"\n\
-             max_body_bytes = {MAX_BODY}\nmax_decompressed_bytes = {MAX_DECOMPRESSED}\n\
-             request_timeout = \"{}\"\nstore_key = \"{}\"\nmax_connections = {}\n",
-            archive.path().display(),
-            keys.path().display(),
+        let mut extra = format!(
+            "max_body_bytes = {MAX_BODY}\nmax_decompressed_bytes = {MAX_DECOMPRESSED}\n\
+             request_timeout = \"{}\"\nmax_connections = {}\n",
             options.request_timeout.unwrap_or("10s"),
-            store_key.path().join("store.key").display(),
             options.max_connections.unwrap_or(1024),
         );
         if let Some(tls) = &options.tls {
-            text += &tls.config();
+            extra += &tls.config();
         }
         if let Some(t) = telemetry {
-            text += &format!("\n[telemetry]\nlisten = \"{t}\"\n");
+            extra += &format!("\n[telemetry]\nlisten = \"{t}\"\n");
         }
-        let cfg = ReceiverConfig::from_text(Path::new("receiver.toml"), &text).unwrap();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(logveil::receive::run(cfg, shutdown.clone()));
+        // `logveil keygen` makes the store key: blocking, off the async workers.
+        let proc = tokio::task::block_in_place(|| store_support::Store::new(&extra));
+        let addr = SocketAddr::from(([127, 0, 0, 1], proc.port));
         let (base, client) = match &options.tls {
             Some(tls) => (format!("https://{addr}"), tls.client(true)),
             None => (format!("http://{addr}"), reqwest::Client::new()),
         };
         let mut store = Store {
-            archive,
-            keys,
-            store_key,
+            proc,
             addr,
             telemetry,
             base,
             client,
-            shutdown,
-            task: Some(task),
             options,
         };
-        store.wait_ready().await;
+        store.launch().await;
         store
+    }
+
+    /// Starts the process on the config file and waits (with a deadline) until it serves.
+    async fn launch(&mut self) {
+        tokio::task::block_in_place(|| self.proc.start());
+        self.wait_ready().await;
     }
 
     /// Polls `GET /v1/limits` until it answers, with a deadline.
@@ -293,29 +272,39 @@ impl Store {
                 assert_eq!(r.status(), StatusCode::OK);
                 return;
             }
-            let task = self.task.as_ref().unwrap();
-            if task.is_finished() {
-                let r = self.task.take().unwrap().await.unwrap();
-                panic!("receiver exited during startup: {r:?}");
+            let child = self.proc.child.as_mut().unwrap();
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "receiver exited during startup ({status}):\n{}",
+                    self.proc.log()
+                );
             }
-            assert!(Instant::now() < deadline, "receiver not ready in time");
+            assert!(
+                Instant::now() < deadline,
+                "receiver not ready in time:\n{}",
+                self.proc.log()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    /// Stops the server and hands back its directories.
-    async fn stop(mut self) -> (tempfile::TempDir, tempfile::TempDir, Options) {
-        self.shutdown.cancel();
-        let task = self.task.take().unwrap();
-        tokio::time::timeout(Duration::from_secs(20), task)
-            .await
-            .expect("receiver stops on shutdown")
-            .unwrap()
-            .unwrap();
-        let archive = std::mem::replace(&mut self.archive, tempfile::tempdir().unwrap());
-        let _ = &self.store_key;
-        let keys = std::mem::replace(&mut self.keys, tempfile::tempdir().unwrap());
-        (archive, keys, std::mem::take(&mut self.options))
+    /// SIGTERM; the process must exit cleanly. Its files stay for a restart.
+    async fn stop(&mut self) {
+        let status = tokio::task::block_in_place(|| self.proc.stop_status());
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "receiver exit on SIGTERM: {status:?}\n{}",
+            self.proc.log()
+        );
+    }
+
+    fn archive(&self) -> PathBuf {
+        self.proc.archive()
+    }
+
+    /// The hosts' keys (`trusted_keys_dir`).
+    fn trusted(&self) -> PathBuf {
+        self.proc.path("trusted")
     }
 
     async fn post(&self, body: Vec<u8>) -> (StatusCode, Value) {
@@ -324,8 +313,9 @@ impl Store {
 
     /// Every file under the archive, temp files included (not the custody ledger).
     fn files(&self) -> BTreeSet<PathBuf> {
-        let custody = self.archive.path().join(".custody");
-        walkdir::WalkDir::new(self.archive.path())
+        let archive = self.archive();
+        let custody = archive.join(".custody");
+        walkdir::WalkDir::new(&archive)
             .into_iter()
             .map(|e| e.unwrap())
             .filter(|e| !e.file_type().is_dir() && !e.path().starts_with(&custody))
@@ -333,31 +323,23 @@ impl Store {
             .collect()
     }
 
-    /// The custody ledger's entries, checked against the store key.
+    /// The custody ledger's entries (the file), checked against the store's public key.
     fn ledger(&self) -> Vec<Value> {
-        let path = logveil::custody::ledger_path(self.archive.path());
-        let key = store_signing_key().verifying_key();
-        let report = logveil::custody::read(&path, Some(&key)).unwrap();
-        assert!(report.problems.is_empty(), "{:?}", report.problems);
-        report
-            .entries
+        self.proc
+            .ledger()
             .into_iter()
-            .map(|(_, e)| serde_json::to_value(e).unwrap())
+            .map(|e| serde_json::to_value(e).unwrap())
             .collect()
     }
 
-    /// `verify` with the ledger checked against the store key.
+    /// `verify` of the archive's files, the ledger checked against the store's public key.
     fn verify(&self) -> logveil::verify::Report {
-        logveil::verify::verify_with(
-            self.archive.path(),
-            self.keys.path(),
-            Some(&store_signing_key().verifying_key()),
-        )
+        let store_pub = keys::load_verifying_key(&self.proc.path("keys/store.pub")).unwrap();
+        logveil::verify::verify_with(&self.archive(), &self.trusted(), Some(&store_pub))
     }
 
     fn batch_path(&self, host: &Host, seq: u64) -> PathBuf {
-        self.archive
-            .path()
+        self.archive()
             .join(&host.id)
             .join(&host.stream)
             .join(logveil::archive::today())
@@ -395,12 +377,6 @@ impl Store {
     }
 }
 
-impl Drop for Store {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
 async fn post_with(client: &reqwest::Client, base: &str, body: Vec<u8>) -> (StatusCode, Value) {
     let r = client
         .post(format!("{base}/v1/batches"))
@@ -431,7 +407,7 @@ fn duplicate(seq: u64) -> (StatusCode, Value) {
 async fn enrolled_store(hosts: &[&Host]) -> Store {
     let store = Store::start(Options::default()).await;
     for h in hosts {
-        h.enroll(store.keys.path());
+        h.enroll(&store.trusted());
     }
     store
 }
@@ -488,7 +464,7 @@ async fn a_valid_chain_is_stored_as_exact_bytes_in_the_layout() {
     assert_eq!((report.batches, report.records), (3, 6));
     let mut out = Vec::new();
     assert_eq!(
-        logveil::archive::cat(store.archive.path(), &mut out).unwrap(),
+        logveil::archive::cat(&store.archive(), &mut out).unwrap(),
         6
     );
 }
@@ -540,18 +516,20 @@ async fn chain_state_survives_a_restart() {
     let store = enrolled_store(&[&host]).await;
     let b1 = host.next(1);
     assert_eq!(store.post(b1.clone()).await, stored(1));
-    let (archive, keys, options) = store.stop().await;
+    let mut store = store;
+    store.stop().await;
 
     // A leftover of a write interrupted by a crash.
-    let leftover = archive
-        .path()
+    let leftover = store
+        .archive()
         .join("web-1/default")
         .join(logveil::archive::today())
         .join(hex::encode(host.chain_id))
         .join(".tmp-2-00000000deadbeef");
     std::fs::write(&leftover, b"half a batch").unwrap();
 
-    let store = Store::start_in(archive, keys, options).await;
+    // The same config file, archive and keys: the same store, a new process.
+    store.launch().await;
     assert!(!leftover.exists(), "temp files are removed at startup");
     assert_eq!(store.post(b1).await, duplicate(1));
     let mut fork = Host::new("web-1");
@@ -592,7 +570,7 @@ async fn a_seq_gap_is_refused_with_the_expected_seq() {
 
     // A chain the store has never seen must start at seq 1.
     let mut fresh = Host::new("web-2");
-    fresh.enroll(store.keys.path());
+    fresh.enroll(&store.trusted());
     fresh.seq = 6;
     let json = store
         .expect_refused(fresh.next(1), StatusCode::CONFLICT, "seq_gap")
@@ -857,7 +835,7 @@ async fn tls_with_a_private_ca_stores_batches() {
         ..Options::default()
     })
     .await;
-    host.enroll(store.keys.path());
+    host.enroll(&store.trusted());
     assert!(store.base.starts_with("https://"));
     assert_eq!(store.post(host.next(2)).await, stored(1));
     // Plain HTTP to the TLS port gets no answer.
@@ -876,7 +854,7 @@ async fn mtls_refuses_a_client_without_a_certificate() {
         ..Options::default()
     })
     .await;
-    host.enroll(store.keys.path());
+    host.enroll(&store.trusted());
     let anonymous = store.options.tls.as_ref().unwrap().client(false);
     let refused = anonymous
         .post(format!("{}/v1/batches", store.base))
@@ -900,7 +878,7 @@ async fn telemetry_counts_outcomes() {
         ..Options::default()
     })
     .await;
-    host.enroll(store.keys.path());
+    host.enroll(&store.trusted());
     let b1 = host.next(3);
     assert_eq!(store.post(b1.clone()).await, stored(1));
     assert_eq!(store.post(b1).await, duplicate(1));
@@ -972,7 +950,7 @@ async fn every_accept_and_refusal_is_in_the_signed_ledger() {
 async fn a_rotated_key_is_accepted_a_revoked_one_refused_and_its_batches_still_verify() {
     let mut old = Host::new("web-1");
     let store = Store::start(Options::default()).await;
-    let dir = store.keys.path().join("web-1");
+    let dir = store.trusted().join("web-1");
     std::fs::create_dir(&dir).unwrap();
     let line = |h: &Host| keys::public_key_line(&h.key.verifying_key());
     std::fs::write(dir.join("2024.pub"), line(&old)).unwrap();
@@ -1008,8 +986,8 @@ async fn mtls_refuses_a_certificate_that_names_another_host() {
         ..Options::default()
     })
     .await;
-    web1.enroll(store.keys.path());
-    web2.enroll(store.keys.path());
+    web1.enroll(&store.trusted());
+    web2.enroll(&store.trusted());
     store
         .expect_refused(web2.next(1), StatusCode::FORBIDDEN, "host_mismatch")
         .await;
@@ -1048,7 +1026,7 @@ async fn slow_clients_and_thousands_of_idle_connections_do_not_stop_the_store() 
         ..Options::default()
     })
     .await;
-    host.enroll(store.keys.path());
+    host.enroll(&store.trusted());
     // 2000 connections that never send a full request, some dribbling header bytes.
     let mut idle = Vec::new();
     for i in 0..2000 {

@@ -1,14 +1,14 @@
 //! Load: 50 simulated hosts, each with its own key and chain, send concurrently over real
-//! connections to a store on 127.0.0.1; every record arrives exactly once, and the archive
-//! and its custody ledger verify.
+//! connections to the real `logveil receive` process on 127.0.0.1; every record arrives
+//! exactly once, and the archive and its custody ledger verify.
+
+mod store_support;
 
 use ed25519_dalek::SigningKey;
-use logveil::config::ReceiverConfig;
 use logveil::envelope::{keys, seal, sha256, Envelope, Header, Kind, GENESIS_PREV_HASH};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
+use store_support::Store;
 
 const HOSTS: usize = 50;
 const BATCHES: u64 = 12;
@@ -45,43 +45,35 @@ fn envelope(host: &str, key: &SigningKey, seq: u64, prev: [u8; 32]) -> (Vec<u8>,
     seal(&h, &payload, key)
 }
 
-async fn wait_ready(base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while reqwest::get(format!("{base}/v1/limits")).await.is_err() {
-        assert!(Instant::now() < deadline, "store not ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_hosts_sending_at_once_arrive_exactly_once() {
-    let archive = tempfile::tempdir().unwrap();
-    let trusted = tempfile::tempdir().unwrap();
-    let store_dir = tempfile::tempdir().unwrap();
-    let store_key = keys::generate();
-    keys::write_named_pair(store_dir.path(), "store", &store_key).unwrap();
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let text = format!(
-        "[receiver]\nlisten = \"{addr}\"\narchive_dir = \"{}\"\ntrusted_keys_dir = \"{}\"\nstore_key = \"{}\"\n",
-        archive.path().display(),
-        trusted.path().display(),
-        store_dir.path().join("store.key").display()
-    );
-    let cfg = ReceiverConfig::from_text(Path::new("c.toml"), &text).unwrap();
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(logveil::receive::run(cfg, shutdown.clone()));
-    let base = format!("http://{addr}");
-    wait_ready(&base).await;
+    // The real `logveil receive --config FILE` (tests/store_support): its config, store key
+    // (by `logveil keygen`), trusted keys and archive in a temp dir; it is up once it
+    // accepts connections, and answers `GET /v1/limits` (both with a deadline).
+    let mut store = tokio::task::block_in_place(|| {
+        let mut store = Store::new("");
+        store.start();
+        store
+    });
+    let archive = store.archive();
+    let trusted = store.path("trusted");
+    let base = store.base();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::get(format!("{base}/v1/limits")).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "store not ready:\n{}",
+            store.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let mut tasks = tokio::task::JoinSet::new();
     for h in 0..HOSTS {
         let host = format!("sim-{h:02}");
         let key = SigningKey::from_bytes(&sha256(host.as_bytes()));
         std::fs::write(
-            trusted.path().join(format!("{host}.pub")),
+            trusted.join(format!("{host}.pub")),
             keys::public_key_line(&key.verifying_key()),
         )
         .unwrap();
@@ -130,7 +122,7 @@ async fn fifty_hosts_sending_at_once_arrive_exactly_once() {
     );
 
     let mut out = Vec::new();
-    let n = logveil::archive::cat(archive.path(), &mut out).unwrap();
+    let n = logveil::archive::cat(&archive, &mut out).unwrap();
     assert_eq!(n, HOSTS as u64 * BATCHES * RECORDS);
     let mut seen: BTreeMap<(String, u64, u64), u32> = BTreeMap::new();
     for line in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
@@ -144,11 +136,8 @@ async fn fifty_hosts_sending_at_once_arrive_exactly_once() {
     }
     assert_eq!(seen.len() as u64, HOSTS as u64 * BATCHES * RECORDS);
     assert!(seen.values().all(|&c| c == 1), "a record arrived twice");
-    let report = logveil::verify::verify_with(
-        archive.path(),
-        trusted.path(),
-        Some(&store_key.verifying_key()),
-    );
+    let store_pub = keys::load_verifying_key(&store.path("keys/store.pub")).unwrap();
+    let report = logveil::verify::verify_with(&archive, &trusted, Some(&store_pub));
     assert!(report.is_clean(), "{report}");
     assert_eq!(report.hosts, HOSTS as u64);
     // started + one accepted entry per batch, none for the resends.
@@ -157,10 +146,12 @@ async fn fifty_hosts_sending_at_once_arrive_exactly_once() {
         Some(1 + HOSTS as u64 * BATCHES),
         "{report}"
     );
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(20), server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    // The ledger file, read with the store's public key, agrees.
+    assert_eq!(store.ledger().len() as u64, 1 + HOSTS as u64 * BATCHES);
+    let status = tokio::task::block_in_place(|| store.stop_status());
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "store exit on SIGTERM: {status:?}\n{}",
+        store.log()
+    );
 }

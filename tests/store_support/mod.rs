@@ -5,7 +5,7 @@
 use ed25519_dalek::SigningKey;
 use logveil::envelope::{keys, seal, sha256, Envelope, Hash, Header, Kind, GENESIS_PREV_HASH};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn bin() -> PathBuf {
@@ -188,24 +188,40 @@ impl Store {
                 .unwrap(),
         );
         let port = self.port;
+        let log = self.path("receiver.log");
+        let child = self.child.as_mut().unwrap();
         wait_until(Duration::from_secs(20), "store listening", || {
+            if let Some(status) = child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("store exited during startup ({status}):\n{log}");
+            }
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
     }
 
     /// SIGTERM and wait for exit.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
+        self.stop_status();
+    }
+
+    /// SIGTERM and wait for exit; the exit status (None if it was not running).
+    pub fn stop_status(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         )
         .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "store did not stop");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("store did not stop on SIGTERM:\n{}", self.log());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -262,8 +278,17 @@ impl Store {
 }
 
 impl Drop for Store {
+    /// SIGTERM, a short grace period, then kill.
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
