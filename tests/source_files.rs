@@ -629,3 +629,51 @@ fn a_utf8_bom_at_the_start_of_a_file_is_not_part_of_the_first_line() {
     assert_eq!(records[1]["body"], "second line");
     assert_eq!(records[1]["offset"], 14);
 }
+
+#[test]
+fn a_symlink_to_a_file_its_owner_does_not_own_is_not_followed() {
+    let mut w = World::new();
+    w.sources = source(&w, "**/*.log", "");
+    let _store = w.start_receiver();
+    let nobody = 65534;
+    // Outside the glob: a file only root owns, and one a user owns.
+    let outside = w.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let secret = outside.join("secret");
+    write_lines(&secret, "secret", 0, 5);
+    let theirs = outside.join("theirs");
+    write_lines(&theirs, "theirs", 0, 5);
+    std::os::unix::fs::chown(&theirs, Some(nobody), Some(nobody)).unwrap();
+    // A user who may write into the log directory links both, and a directory only root owns.
+    let link = |target: &Path, name: &str| {
+        let l = w.logs().join(name);
+        std::os::unix::fs::symlink(target, &l).unwrap();
+        std::os::unix::fs::lchown(&l, Some(nobody), Some(nobody)).unwrap();
+    };
+    link(&secret, "stolen.log");
+    link(&outside, "rootdir");
+    std::fs::copy(&secret, outside.join("also-secret.log")).unwrap();
+    link(&theirs, "own.log");
+    // A link root made is followed as before.
+    std::os::unix::fs::symlink(&secret, w.logs().join("by-root.log")).unwrap();
+    let agent = w.start_agent();
+    let mut expected = lines("theirs", 0, 5);
+    expected.extend(lines("secret", 0, 5));
+    let records = w.wait_records(10, LONG);
+    assert_each_once(&records, &expected);
+    wait_until(LONG, "the refused links are logged", || {
+        w.agent_logs().matches("symlink not followed").count() >= 2
+    });
+    assert_eq!(fds_to(agent.pid(), "also-secret.log"), 0);
+    let paths: Vec<String> = w
+        .records()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        paths
+            .iter()
+            .all(|p| !p.ends_with("stolen.log") && !p.contains("rootdir")),
+        "{paths:?}"
+    );
+}

@@ -5,6 +5,13 @@
 //! belongs to the first source (in config order) whose include globs match the path it was
 //! found under and whose exclude globs do not. A file reached under several paths (a symlink
 //! and its target) is reported once, under the first path in walk order.
+//!
+//! A symlink is followed only when root owns it or its owner owns what it points to (as
+//! the kernel's `fs.protected_symlinks` reasons): the agent usually runs as root, and
+//! whoever may write into a log directory could otherwise link a file only root may read
+//! (`/etc/shadow`, another user's home) into the glob and have it shipped. Kubernetes'
+//! `/var/log/containers` links, made by the kubelet (root), are followed as before. A
+//! symlink refused this way is reported as a walk problem (logged once, counted).
 
 use super::{FileId, SourceError};
 use crate::config::SourceConfig;
@@ -108,7 +115,8 @@ impl Discovery {
             if let Some(d) = root.max_depth {
                 walk = walk.max_depth(d);
             }
-            for entry in walk {
+            let mut it = walk.into_iter();
+            while let Some(entry) = it.next() {
                 let entry = match entry {
                     Ok(e) => e,
                     Err(e) => {
@@ -124,6 +132,18 @@ impl Discovery {
                         continue;
                     }
                 };
+                if entry.path_is_symlink() {
+                    if let Err(why) = trusted_link(entry.path()) {
+                        problems.push(WalkProblem {
+                            path: entry.path().to_path_buf(),
+                            error: why,
+                        });
+                        if entry.file_type().is_dir() {
+                            it.skip_current_dir();
+                        }
+                        continue;
+                    }
+                }
                 if !entry.file_type().is_file() {
                     continue;
                 }
@@ -156,6 +176,22 @@ impl Discovery {
             }
         }
         (found, problems)
+    }
+}
+
+/// Whether the symlink at `link` may be followed: root owns it, or its owner owns its
+/// target. The error says why not (owners only, never content).
+fn trusted_link(link: &Path) -> Result<(), String> {
+    let own = std::fs::symlink_metadata(link).map_err(|e| e.to_string())?;
+    let target = std::fs::metadata(link).map_err(|e| e.to_string())?;
+    if own.uid() == 0 || own.uid() == target.uid() {
+        Ok(())
+    } else {
+        Err(format!(
+            "symlink not followed: its owner (uid {}) does not own its target (uid {})",
+            own.uid(),
+            target.uid()
+        ))
     }
 }
 
