@@ -192,7 +192,13 @@ impl<'a, F: FieldTypes> Walker<'a, F> {
             }
             self.pos += 1;
             self.ws();
-            let own = self.fields.field_type(&self.text[ks..ke]);
+            // A key is read as JSON reads it: `"em\u0061il"` is the key `email`.
+            let raw_key = &self.text[ks..ke];
+            let own = if raw_key.contains('\\') {
+                self.fields.field_type(&super::view::unescape(raw_key).text)
+            } else {
+                self.fields.field_type(raw_key)
+            };
             let child = match (own, field) {
                 (Some(ty), Some(outer)) => Some(FieldHit {
                     ty,

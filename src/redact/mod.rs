@@ -78,7 +78,7 @@ use std::collections::HashMap;
 /// Deepest nesting of decoded views (URL in JSON escape in base64 …).
 const MAX_VIEW_DEPTH: usize = 4;
 /// Engine version in the policy hash: bump when detection changes.
-const ENGINE_VERSION: &str = "logveil-redact/3";
+const ENGINE_VERSION: &str = "logveil-redact/4";
 /// Marker type of a record that could not be scanned.
 pub const UNSCANNABLE: &str = "unscannable";
 

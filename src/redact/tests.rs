@@ -849,3 +849,14 @@ fn national_phone_formats_of_the_corpus_locales_after_a_keyword() {
     // Without a keyword, a national number in prose is not taken for a phone (documented).
     assert_eq!(r("took 612 345 678 ms"), "took 612 345 678 ms");
 }
+
+#[test]
+fn json_keys_are_read_unescaped() {
+    let out = r(r#"{"em\u0061il": "John Smith", "n\u0061me": "Jane Roe", "note": "ok"}"#);
+    assert!(!out.contains("John") && !out.contains("Jane"), "{out}");
+    assert!(out.contains(r#""note": "ok""#), "{out}");
+    assert!(
+        out.contains(r#""em\u0061il""#),
+        "keys keep their bytes: {out}"
+    );
+}
