@@ -18,6 +18,11 @@
 //! - Names starting with [`TEMP_PREFIX`] inside a chain directory are writes in progress (or
 //!   interrupted by a crash). They are not part of the archive; the receiver removes them at
 //!   startup.
+//! - `<seq>.lvb` + [`QUARANTINE_SUFFIX`] (and maybe `.<n>`) inside a chain directory is a
+//!   batch the receiver moved aside at startup: it was in the archive but not in the
+//!   custody ledger and failed the checks ingest applies (alert `archive_unrecorded_invalid`,
+//!   docs/CUSTODY.md). It is not part of its chain; [`list`] reports it as unexpected, so
+//!   `logveil verify` names it until an operator removes it.
 //! - Anything else is unexpected: [`list`] reports it rather than skipping it silently.
 //!
 //! Order: hosts, streams and chains by name (bytewise), batches by seq (then day). Every
@@ -31,6 +36,8 @@ use std::path::{Path, PathBuf};
 pub const BATCH_EXT: &str = "lvb";
 /// Prefix of temporary files inside a chain directory (never a valid identifier or seq name).
 pub const TEMP_PREFIX: &str = ".tmp-";
+/// Suffix of a batch file the receiver moved aside at startup (see the module doc).
+pub const QUARANTINE_SUFFIX: &str = ".quarantined";
 /// The custody directory at the archive root (the ledger, `crate::custody`); never a host id.
 pub const CUSTODY_DIR: &str = ".custody";
 const SEQ_DIGITS: usize = 20;

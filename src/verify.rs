@@ -196,10 +196,21 @@ pub fn verify_with_ledgers(
         }
     };
     for path in &listing.unexpected {
-        report.problems.push(format!(
-            "{}: not part of the archive layout",
-            path.display()
-        ));
+        let quarantined = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.contains(archive::QUARANTINE_SUFFIX));
+        if quarantined {
+            report.problems.push(format!(
+                "{}: quarantined by the store at startup: in the archive but not in the custody ledger, and failing the checks ingest applies (alert archive_unrecorded_invalid); not part of its chain",
+                path.display()
+            ));
+        } else {
+            report.problems.push(format!(
+                "{}: not part of the archive layout",
+                path.display()
+            ));
+        }
     }
     let mut key_cache: HashMap<String, HashMap<String, VerifyingKey>> = HashMap::new();
     let mut ledger: Option<BTreeMap<ChainId, LedgerChain>> = None;
@@ -964,6 +975,59 @@ mod ledger_tests {
                 .unwrap(),
             crate::receive::Accepted::Stored { seq: 6 }
         );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_unrecorded_batch_is_quarantined_not_recorded() {
+        // Seq 5 written behind the store's back: signed by an unenrolled key, then (second
+        // case) by the host's key but not continuing the chain.
+        let forgeries: [fn(&Fx) -> Vec<u8>; 2] = [
+            |fx| {
+                let mut f = Chain::new("web-1", "default", [1; 16]);
+                f.key = SigningKey::from_bytes(&[7; 32]);
+                f.seq = fx.a.seq;
+                f.link = [3; 32];
+                f.next_data(&["forged"])
+            },
+            |fx| {
+                let mut f = Chain::new("web-1", "default", [1; 16]);
+                f.seq = fx.a.seq;
+                f.link = [3; 32];
+                f.next_data(&["replayed"])
+            },
+        ];
+        for forge in forgeries {
+            let fx = fixture().await;
+            std::fs::write(fx.file(5), forge(&fx)).unwrap();
+            let Fx {
+                archive: dir,
+                keys: key_dir,
+                store_key,
+                ingest,
+                mut a,
+            } = fx;
+            drop(ingest);
+            let restarted = store(dir.path(), key_dir.path(), &store_key).await;
+            assert!(!fx_lines(dir.path()).iter().any(|l| l.contains("\"seq\":5")));
+            let alerts = crate::telemetry::render(&restarted.metrics().registry());
+            assert!(
+                alerts.contains("custody_alerts_total{kind=\"archive_unrecorded_invalid\"} 1"),
+                "{alerts}"
+            );
+            // The host's real seq 5 is stored; the forgery stays aside, reported by verify.
+            let b5 = a.next_data(&["five"]);
+            assert_eq!(
+                restarted
+                    .ingest(Bytes::from(b5), &Peer::default())
+                    .await
+                    .unwrap(),
+                crate::receive::Accepted::Stored { seq: 5 }
+            );
+            let r = verify_with(dir.path(), key_dir.path(), Some(&store_key.verifying_key()));
+            assert_eq!(r.problems.len(), 1, "{r}");
+            assert!(has(&r, "quarantined by the store at startup"), "{r}");
+            assert_eq!(r.batches, 5, "{r}");
+        }
     }
 
     fn fx_lines(archive: &Path) -> Vec<String> {

@@ -15,7 +15,11 @@
 //!
 //! At start, chain tips come from the archive and are checked against the ledger's heads:
 //! batches the archive holds beyond the ledger's head (a crash between archive fsync and
-//! ledger append) are recorded as `accepted` with `recovered`; a ledger head beyond the
+//! ledger append) are recorded as `accepted` with `recovered` if they pass the checks
+//! ingest applies (`validate`, their place, the chain rules from the ledger's head); the
+//! first that fails, and everything after it, is not recorded but moved aside
+//! (`ArchiveBackend::quarantine`) with the `archive_unrecorded_invalid` alert, and the tip
+//! stays at the last good batch (docs/CUSTODY.md); a ledger head beyond the
 //! archive's tip (batches removed from the archive, not by retention) raises an alert, and
 //! the ledger's head wins so the chain cannot be re-written.
 //!
@@ -43,7 +47,7 @@ use bytes::Bytes;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// A batch the store holds durably.
@@ -180,7 +184,16 @@ impl<A: ArchiveBackend> Ingest<A> {
         let ledger = match ledger {
             None => None,
             Some((ledger, entries)) => {
-                reconcile(&archive, &ledger, &entries, &mut tips, &metrics).await?;
+                reconcile(
+                    &archive,
+                    &ledger,
+                    &entries,
+                    &mut tips,
+                    &metrics,
+                    &keys_dir,
+                    max_decompressed,
+                )
+                .await?;
                 Some(ledger)
             }
         };
@@ -524,13 +537,14 @@ async fn reconcile<A: ArchiveBackend>(
     entries: &[Entry],
     tips: &mut HashMap<ChainKey, Tip>,
     metrics: &ReceiverMetrics,
+    keys_dir: &Path,
+    max_decompressed: u64,
 ) -> Result<(), StoreError> {
     let from_ledger = ledger_chains(entries);
     let mut keys: Vec<ChainKey> = tips.keys().cloned().collect();
     keys.extend(from_ledger.keys().cloned());
     keys.sort();
     keys.dedup();
-    let ledger_err = |e: crate::custody::LedgerError| StoreError::Task(e.to_string());
     for key in keys {
         let archive_tip = tips.get(&key).copied();
         let lc = from_ledger.get(&key);
@@ -538,34 +552,19 @@ async fn reconcile<A: ArchiveBackend>(
         let a = archive_tip.map_or(0, |t| t.seq);
         let l = head.map_or(0, |t| t.seq);
         if a > l {
-            for seq in l + 1..=a {
-                // A shared backend holds other instances' batches, recorded in their ledgers.
-                if !archive.written_here(&key, seq).await? {
-                    continue;
+            let ctx = RecoveryCheck {
+                keys_dir,
+                max_decompressed,
+            };
+            let stopped = recover_unrecorded(archive, ledger, &key, head, a, &ctx, metrics).await?;
+            match stopped {
+                None => {}
+                Some(Some(t)) => {
+                    tips.insert(key.clone(), t);
                 }
-                let Some((day, bytes)) = archive.get(&key, seq).await? else {
-                    continue;
-                };
-                let env = Envelope::decode(&bytes).map_err(|e| StoreError::Corrupt {
-                    path: key.host.clone().into(),
-                    message: e.to_string(),
-                })?;
-                let records = env.header.record_count;
-                let batch = Validated {
-                    header: env.header.clone(),
-                    link: env.next_link(),
-                    records: if env.header.kind == Kind::Data {
-                        records
-                    } else {
-                        0
-                    },
-                    bytes: Bytes::from(bytes.clone()),
-                };
-                ledger
-                    .record(accepted_event(&key, &batch, day, true))
-                    .await
-                    .map_err(ledger_err)?;
-                tracing::warn!(host = %key.host, stream = %key.stream, seq, "batch in the archive but not in the custody ledger (crash before recording); recorded now");
+                Some(None) => {
+                    tips.remove(&key);
+                }
             }
         } else if l > a {
             let retained = lc.is_some_and(|c| {
@@ -600,6 +599,151 @@ async fn reconcile<A: ArchiveBackend>(
         }
     }
     Ok(())
+}
+
+/// What start-up recovery needs to check an unrecorded batch as ingest would have.
+struct RecoveryCheck<'a> {
+    keys_dir: &'a Path,
+    max_decompressed: u64,
+}
+
+/// Checks an unrecorded batch as ingest would have when it arrived: the same stateless
+/// checks as a POSTed batch ([`validate`]: decode, enrolled and unrevoked key, signature,
+/// payload hash, payload), then its place in the archive and the chain rules against
+/// `prev` (`None`: the link before it is unknown, not checked). `Ok(Err(reason))`: it may
+/// not be recorded; the reason names no record contents.
+fn check_recovered(
+    key: &ChainKey,
+    seq: u64,
+    prev: Option<Option<Tip>>,
+    bytes: Vec<u8>,
+    keys_dir: &Path,
+    max_decompressed: u64,
+) -> Result<Result<Validated, String>, StoreError> {
+    let batch = match validate(Bytes::from(bytes), keys_dir, max_decompressed) {
+        Ok(b) => b,
+        Err(Refusal::Rejected(r)) => return Ok(Err(format!("{}: {r}", r.code()))),
+        Err(Refusal::Internal(e)) => return Err(StoreError::Task(e.to_string())),
+    };
+    let h = &batch.header;
+    if h.seq != seq || h.host_id != key.host || h.stream != key.stream || h.chain_id != key.chain_id
+    {
+        return Ok(Err(
+            "misplaced: its header does not match its place in the archive".into(),
+        ));
+    }
+    if let Some(prev) = prev {
+        if let Decision::Reject(r) = decide(prev, seq, &h.prev_hash) {
+            return Ok(Err(format!("{}: {r}", r.code())));
+        }
+    }
+    Ok(Ok(batch))
+}
+
+/// Records the batches the archive holds past the ledger's head (`head`, up to
+/// `archive_seq`) that pass [`check_recovered`], in order, each chaining onto the one
+/// before. Stops at the first that does not: it and everything after it are not recorded,
+/// raise the `archive_unrecorded_invalid` alert and are moved aside
+/// (`ArchiveBackend::quarantine`) so the host can store its real batches at those seqs
+/// (none of them was acknowledged: a 2xx follows the ledger entry). Returns `None` when
+/// everything was recorded (the archive's tip stands), else the last good tip.
+async fn recover_unrecorded<A: ArchiveBackend>(
+    archive: &A,
+    ledger: &Arc<Ledger>,
+    key: &ChainKey,
+    head: Option<Tip>,
+    archive_seq: u64,
+    ctx: &RecoveryCheck<'_>,
+    metrics: &ReceiverMetrics,
+) -> Result<Option<Option<Tip>>, StoreError> {
+    let ledger_err = |e: crate::custody::LedgerError| StoreError::Task(e.to_string());
+    let l = head.map_or(0, |t| t.seq);
+    let mut tip = head;
+    // Whether seq - 1 is another instance's batch (read only when needed).
+    let mut after_other = false;
+    for seq in l + 1..=archive_seq {
+        // A shared backend holds other instances' batches, recorded in their ledgers; they
+        // are not recorded here, but the next batch of this instance chains onto them.
+        if !archive.written_here(key, seq).await? {
+            after_other = true;
+            continue;
+        }
+        let Some((day, bytes)) = archive.get(key, seq).await? else {
+            continue;
+        };
+        // `None`: the link before this batch is unknown (unreadable), not checked.
+        let prev = if after_other {
+            after_other = false;
+            let stored = archive.get(key, seq - 1).await?;
+            match stored.and_then(|(_, b)| Envelope::decode(&b).ok().map(|e| e.next_link())) {
+                Some(link) => {
+                    tip = Some(Tip { seq: seq - 1, link });
+                    Some(tip)
+                }
+                None => None,
+            }
+        } else {
+            Some(tip)
+        };
+        let (k, keys_dir, max) = (
+            key.clone(),
+            ctx.keys_dir.to_path_buf(),
+            ctx.max_decompressed,
+        );
+        let checked = tokio::task::spawn_blocking(move || {
+            check_recovered(&k, seq, prev, bytes, &keys_dir, max)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        let batch = match checked {
+            Ok(batch) => batch,
+            Err(reason) => {
+                metrics.count_alert("archive_unrecorded_invalid");
+                tracing::error!(
+                    alert = "custody_archive_unrecorded_invalid",
+                    host = %key.host,
+                    stream = %key.stream,
+                    seq,
+                    reason = %reason,
+                    "a batch in the archive but not in the custody ledger fails the checks ingest applies; not recorded, nor anything after it; run logveil verify"
+                );
+                for s in seq..=archive_seq {
+                    if !archive.written_here(key, s).await? || archive.get(key, s).await?.is_none()
+                    {
+                        continue;
+                    }
+                    match archive.quarantine(key, s).await? {
+                        Some(to) => tracing::error!(
+                            alert = "custody_archive_unrecorded_invalid",
+                            host = %key.host,
+                            stream = %key.stream,
+                            seq = s,
+                            moved_to = %to,
+                            "unrecorded batch moved aside; the host can store its real batch at this seq"
+                        ),
+                        None => tracing::error!(
+                            alert = "custody_archive_unrecorded_invalid",
+                            host = %key.host,
+                            stream = %key.stream,
+                            seq = s,
+                            "this archive backend cannot move the unrecorded batch aside; the host cannot store this seq until an operator removes it"
+                        ),
+                    }
+                }
+                return Ok(Some(tip));
+            }
+        };
+        ledger
+            .record(accepted_event(key, &batch, day, true))
+            .await
+            .map_err(ledger_err)?;
+        tip = Some(Tip {
+            seq,
+            link: batch.link,
+        });
+        tracing::warn!(host = %key.host, stream = %key.stream, seq, "batch in the archive but not in the custody ledger (crash before recording); recorded now");
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

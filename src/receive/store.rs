@@ -113,6 +113,18 @@ pub trait ArchiveBackend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         async { Ok(true) }
     }
+
+    /// Moves batch `seq` of `chain` aside, out of the chain, so that seq can be stored again:
+    /// for an unrecorded batch that start-up recovery found invalid (`super::ingest`). Returns
+    /// where it went, or `None` when this backend cannot move a stored batch (S3 with Object
+    /// Lock: an operator must deal with it).
+    fn quarantine(
+        &self,
+        _chain: &ChainKey,
+        _seq: u64,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send {
+        async { Ok(None) }
+    }
 }
 
 /// The archive as files under one directory.
@@ -253,6 +265,39 @@ impl FsArchive {
         Ok(None)
     }
 
+    fn quarantine_blocking(
+        &self,
+        chain: &ChainKey,
+        seq: u64,
+    ) -> Result<Option<String>, StoreError> {
+        for day in self.chain_days(chain)?.into_iter().rev() {
+            let path = self.path(chain, &day, seq);
+            if !path.exists() {
+                continue;
+            }
+            let dir = path.parent().expect("a batch path has a chain directory");
+            let name = archive::batch_file_name(seq);
+            let mut n = 0u32;
+            let to = loop {
+                let candidate = if n == 0 {
+                    dir.join(format!("{name}{}", archive::QUARANTINE_SUFFIX))
+                } else {
+                    dir.join(format!("{name}{}.{n}", archive::QUARANTINE_SUFFIX))
+                };
+                if !candidate.exists() {
+                    break candidate;
+                }
+                n += 1;
+            };
+            // A hard link never replaces an existing name; then the batch name goes.
+            std::fs::hard_link(&path, &to).map_err(io_err("link", &to))?;
+            std::fs::remove_file(&path).map_err(io_err("remove", &path))?;
+            fsync_dir(dir)?;
+            return Ok(Some(to.display().to_string()));
+        }
+        Ok(None)
+    }
+
     fn recover_blocking(&self) -> Result<HashMap<ChainKey, Tip>, StoreError> {
         let listing = archive::list(&self.root)?;
         for path in &listing.unexpected {
@@ -360,6 +405,11 @@ impl ArchiveBackend for FsArchive {
     ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
         let (this, chain) = (self.clone(), chain.clone());
         blocking(move || this.get_blocking(&chain, seq)).await
+    }
+
+    async fn quarantine(&self, chain: &ChainKey, seq: u64) -> Result<Option<String>, StoreError> {
+        let (this, chain) = (self.clone(), chain.clone());
+        blocking(move || this.quarantine_blocking(&chain, seq)).await
     }
 }
 

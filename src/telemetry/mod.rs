@@ -180,7 +180,7 @@ impl ReceiverMetrics {
         );
         r.register(
             "custody_alerts",
-            "Custody alerts raised, by kind (gap, archive_shortened, archive_altered)",
+            "Custody alerts raised, by kind (gap, archive_shortened, archive_altered, archive_unrecorded_invalid)",
             self.custody_alerts.clone(),
         );
         r
