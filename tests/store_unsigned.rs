@@ -90,3 +90,56 @@ fn unsigned_batches_are_refused_with_a_reason_and_nothing_is_written() {
         "{report}"
     );
 }
+
+/// A client that sends junk as fast as it can cannot make the store write a ledger entry
+/// (and an fsync) for each request: past `recorded_rejections_per_minute` refusals are only
+/// counted, and the store keeps serving honest hosts.
+#[test]
+fn a_flood_of_refusals_is_bounded_in_the_ledger_and_counted() {
+    let telemetry = store_support::free_port();
+    let mut store = Store::new(&format!(
+        "recorded_rejections_per_minute = 5\n[telemetry]\nlisten = \"127.0.0.1:{telemetry}\"\n"
+    ));
+    store.start();
+    for i in 0..40u8 {
+        let (status, code, _) = post(&store, vec![i; 64]);
+        assert_eq!((status, code.as_str()), (400, "malformed"));
+    }
+    let rejected = |store: &Store| {
+        store
+            .ledger()
+            .iter()
+            .filter(|e| matches!(e.event, Event::Rejected { .. }))
+            .count()
+    };
+    assert_eq!(
+        rejected(&store),
+        5,
+        "one peer, five recorded refusals a minute"
+    );
+    let metrics = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            reqwest::get(format!("http://127.0.0.1:{telemetry}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        });
+    assert!(
+        metrics.contains("logveil_receiver_rejections_unrecorded_total 35"),
+        "{metrics}"
+    );
+    // An honest host is still served and its batch recorded.
+    let mut host = Host::new("web-1", "default");
+    host.enroll(&store.path("trusted"));
+    let (status, _, message) = post(&store, host.next(&[("2025-04-01T09:00:00Z", "u1", "x")]));
+    assert_eq!(status, 200, "{message}");
+    assert!(store
+        .ledger()
+        .iter()
+        .any(|e| matches!(e.event, Event::Accepted { .. })));
+}

@@ -36,6 +36,10 @@ pub struct ReceiverSection {
     pub request_timeout: Duration,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Refusals from one peer address recorded in the custody ledger per minute; beyond
+    /// that they are counted, and the next recorded one says how many were not.
+    #[serde(default = "default_recorded_rejections_per_minute")]
+    pub recorded_rejections_per_minute: u32,
     pub tls: Option<ReceiverTls>,
     /// The read API (`GET /v1/records`) for operators; off when absent.
     pub access: Option<ReceiverAccess>,
@@ -172,6 +176,9 @@ fn default_max_decompressed_bytes() -> u64 {
 fn default_request_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_recorded_rejections_per_minute() -> u32 {
+    60
+}
 fn default_max_connections() -> usize {
     1024
 }
@@ -200,6 +207,12 @@ impl ReceiverConfig {
         }
         if r.max_decompressed_bytes < 1024 {
             return Err(src.error("receiver.max_decompressed_bytes", "must be at least 1024"));
+        }
+        if r.recorded_rejections_per_minute == 0 {
+            return Err(src.error(
+                "receiver.recorded_rejections_per_minute",
+                "must be at least 1",
+            ));
         }
         if r.max_connections == 0 {
             return Err(src.error("receiver.max_connections", "must be at least 1"));

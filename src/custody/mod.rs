@@ -146,6 +146,10 @@ pub enum Event {
         peer: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         body_sha256: Option<String>,
+        /// Refusals from the same peer left out of the ledger since its last recorded
+        /// one (past `recorded_rejections_per_minute`).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        unrecorded_before: u64,
     },
     /// Seqs `from..=to` of a chain will never come (signed by the host, see
     /// `crate::receive::gap`); the chain continues at `to + 1` from `link`.
@@ -581,3 +585,7 @@ fn lock(file: std::fs::File, path: &Path) -> Result<Locked, LedgerError> {
 
 #[cfg(test)]
 mod tests;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}

@@ -76,6 +76,59 @@ pub struct Ingest<A> {
     metrics: ReceiverMetrics,
     chains: Mutex<HashMap<ChainKey, ChainLock>>,
     ledger: Option<Arc<Ledger>>,
+    rejections: RejectionBudget,
+}
+
+/// How many refusals per peer address go into the custody ledger each minute. Anyone who
+/// can reach the store can make it refuse requests; without a bound, each would append
+/// and fsync a ledger entry: the attacker would be writing to the store's disk.
+struct RejectionBudget {
+    per_minute: u32,
+    peers: Mutex<HashMap<Option<std::net::IpAddr>, RejectionWindow>>,
+}
+
+struct RejectionWindow {
+    start: std::time::Instant,
+    recorded: u32,
+    unrecorded: u64,
+}
+
+const MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl RejectionBudget {
+    fn new(per_minute: u32) -> Self {
+        RejectionBudget {
+            per_minute,
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Some(n)`: record this refusal, noting the `n` from this peer left out since its
+    /// last recorded one; `None`: over the budget, leave it out.
+    fn take(&self, peer: Option<std::net::IpAddr>) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if peers.len() > 10_000 {
+            // Forget idle peers, keeping the counts of those with refusals left out.
+            peers.retain(|_, w| now.duration_since(w.start) < MINUTE || w.unrecorded > 0);
+        }
+        let w = peers.entry(peer).or_insert(RejectionWindow {
+            start: now,
+            recorded: 0,
+            unrecorded: 0,
+        });
+        if now.duration_since(w.start) >= MINUTE {
+            w.start = now;
+            w.recorded = 0;
+        }
+        if w.recorded < self.per_minute {
+            w.recorded += 1;
+            Some(std::mem::take(&mut w.unrecorded))
+        } else {
+            w.unrecorded += 1;
+            None
+        }
+    }
 }
 
 /// Who sent a refused batch, as far as its header could be read.
@@ -208,7 +261,14 @@ impl<A: ArchiveBackend> Ingest<A> {
             metrics,
             chains: Mutex::new(chains),
             ledger,
+            rejections: RejectionBudget::new(60),
         })
+    }
+
+    /// Sets how many refusals per peer address and minute are recorded in the ledger.
+    pub fn with_recorded_rejections_per_minute(mut self, n: u32) -> Self {
+        self.rejections = RejectionBudget::new(n.max(1));
+        self
     }
 
     pub fn metrics(&self) -> &ReceiverMetrics {
@@ -281,6 +341,10 @@ impl<A: ArchiveBackend> Ingest<A> {
         let Some(ledger) = &self.ledger else {
             return;
         };
+        let Some(unrecorded_before) = self.rejections.take(peer.addr.map(|a| a.ip())) else {
+            self.metrics.rejections_unrecorded.inc();
+            return;
+        };
         let event = Event::Rejected {
             reason: r.code().into(),
             status: r.status().as_u16(),
@@ -292,6 +356,7 @@ impl<A: ArchiveBackend> Ingest<A> {
             expected_seq: r.expected_seq(),
             peer: peer.addr.map(|a| a.ip().to_string()),
             body_sha256,
+            unrecorded_before,
         };
         if let Err(e) = ledger.record(event).await {
             tracing::error!(error = %e, "a refusal could not be recorded in the custody ledger");

@@ -126,7 +126,8 @@ pub async fn bind_with<A: ArchiveBackend>(
         ledger,
     )
     .await
-    .map_err(archive_err)?;
+    .map_err(archive_err)?
+    .with_recorded_rejections_per_minute(r.recorded_rejections_per_minute);
     let listener = tokio::net::TcpListener::bind(r.listen)
         .await
         .map_err(|source| ReceiveError::Bind {

@@ -148,6 +148,8 @@ pub struct ReceiverMetrics {
     /// Custody alerts raised (the ERROR lines with `alert = ...`), by kind: `gap`,
     /// `archive_shortened`, `archive_altered`.
     pub custody_alerts: Family<Labels, Counter>,
+    /// Refusals past a peer's `recorded_rejections_per_minute`: counted, not recorded.
+    pub rejections_unrecorded: Counter,
 }
 
 impl ReceiverMetrics {
@@ -177,6 +179,11 @@ impl ReceiverMetrics {
             "bytes_accepted",
             "Envelope bytes written to the archive",
             self.bytes_accepted.clone(),
+        );
+        r.register(
+            "rejections_unrecorded",
+            "Refusals not written to the custody ledger (past a peer's recorded_rejections_per_minute)",
+            self.rejections_unrecorded.clone(),
         );
         r.register(
             "custody_alerts",
