@@ -342,15 +342,26 @@ impl S3Client {
         Ok(())
     }
 
-    async fn bucket_xml(&self, op: &'static str, sub: &str) -> Result<String, S3Error> {
+    /// `GET` on the bucket with `query`: the XML answer. `subject` names what was asked
+    /// about in an error (a prefix; empty for the bucket itself).
+    async fn get_xml(
+        &self,
+        op: &'static str,
+        query: &[(&str, &str)],
+        subject: &str,
+    ) -> Result<String, S3Error> {
         let resp = self
-            .send(op, Method::GET, "", &[(sub, "")], &[], Bytes::new())
+            .send(op, Method::GET, "", query, &[], Bytes::new())
             .await?;
         if !resp.status().is_success() {
-            return Err(Self::fail(op, "", resp).await);
+            return Err(Self::fail(op, subject, resp).await);
         }
-        let body = Self::read_body(op, "", resp).await?;
+        let body = Self::read_body(op, subject, resp).await?;
         Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn bucket_xml(&self, op: &'static str, sub: &str) -> Result<String, S3Error> {
+        self.get_xml(op, &[(sub, "")], "").await
     }
 
     /// Whether the bucket has Object Lock enabled and versioning on.
@@ -389,14 +400,7 @@ impl S3Client {
             } else if let Some(s) = start_after {
                 query.push(("start-after", s));
             }
-            let resp = self
-                .send(op, Method::GET, "", &query, &[], Bytes::new())
-                .await?;
-            if !resp.status().is_success() {
-                return Err(Self::fail(op, prefix, resp).await);
-            }
-            let body = Self::read_body(op, prefix, resp).await?;
-            let xml = String::from_utf8_lossy(&body);
+            let xml = self.get_xml(op, &query, prefix).await?;
             let doc = parse(op, &xml)?;
             let root = doc.root_element();
             for c in root.children().filter(|n| n.has_tag_name_local("Contents")) {
@@ -436,14 +440,7 @@ impl S3Client {
                     query.push(("version-id-marker", v));
                 }
             }
-            let resp = self
-                .send(op, Method::GET, "", &query, &[], Bytes::new())
-                .await?;
-            if !resp.status().is_success() {
-                return Err(Self::fail(op, prefix, resp).await);
-            }
-            let body = Self::read_body(op, prefix, resp).await?;
-            let xml = String::from_utf8_lossy(&body);
+            let xml = self.get_xml(op, &query, prefix).await?;
             let doc = parse(op, &xml)?;
             let root = doc.root_element();
             for c in root.children().filter(|n| n.is_element()) {

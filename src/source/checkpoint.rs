@@ -25,6 +25,15 @@ pub struct FileId {
 }
 
 impl FileId {
+    /// The identity of the file `meta` describes.
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+
     pub fn key(&self) -> [u8; 16] {
         let mut k = [0; 16];
         k[..8].copy_from_slice(&self.dev.to_be_bytes());

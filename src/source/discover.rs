@@ -160,10 +160,7 @@ impl Discovery {
                         continue;
                     }
                 };
-                let id = FileId {
-                    dev: meta.dev(),
-                    ino: meta.ino(),
-                };
+                let id = FileId::of(&meta);
                 if seen.insert(id) {
                     found.push(Found {
                         id,

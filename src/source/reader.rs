@@ -15,7 +15,6 @@ use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -639,10 +638,7 @@ impl ReadLoop {
                 let Ok(meta) = entry.metadata() else {
                     continue;
                 };
-                let id = FileId {
-                    dev: meta.dev(),
-                    ino: meta.ino(),
-                };
+                let id = FileId::of(&meta);
                 let Some(cp) = wanted.get(&id) else {
                     continue;
                 };
@@ -1167,12 +1163,11 @@ pub(crate) fn has_compressed_magic(head: &[u8]) -> bool {
 /// grown past the read position. Files moved to another directory are not searched for.
 fn renamed_with_new_bytes(t: &TailedFile) -> Option<PathBuf> {
     let dir = t.path.parent()?;
-    let (head_len, head_hash) = t.fingerprint();
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let Ok(meta) = entry.metadata() else {
             continue;
         };
-        if meta.dev() != t.id.dev || meta.ino() != t.id.ino {
+        if FileId::of(&meta) != t.id {
             continue;
         }
         if !meta.is_file() || meta.len() <= t.read_offset() {
@@ -1181,10 +1176,10 @@ fn renamed_with_new_bytes(t: &TailedFile) -> Option<PathBuf> {
         let path = entry.path();
         // The inode alone proves nothing without a descriptor pinning it (deleted and
         // reused): the first bytes must be those read.
-        let head = read_head(&path).ok()?;
-        let len = head_len as usize;
-        let hash: [u8; 32] = Sha256::digest(head.get(..len)?).into();
-        return (hash == head_hash).then_some(path);
+        let file = std::fs::File::open(&path).ok()?;
+        let (head_len, _) = t.fingerprint();
+        let head = super::tail::head_of(&file, u64::from(head_len)).ok()?;
+        return (head == t.fingerprint()).then_some(path);
     }
     None
 }

@@ -126,11 +126,7 @@ impl TailedFile {
     ) -> io::Result<Option<(TailedFile, StartAt)>> {
         let mut file = File::open(path)?;
         let meta = file.metadata()?;
-        if (FileId {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        }) != id
-        {
+        if FileId::of(&meta) != id {
             return Ok(None);
         }
         let size = meta.len();
@@ -214,11 +210,7 @@ impl TailedFile {
     pub(crate) fn unpark(&mut self, path: &Path) -> io::Result<bool> {
         let mut file = File::open(path)?;
         let meta = file.metadata()?;
-        if (FileId {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        }) != self.id
-        {
+        if FileId::of(&meta) != self.id {
             // Replaced between the scan and now: the next scan looks again.
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
