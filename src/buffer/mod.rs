@@ -350,40 +350,24 @@ impl Buffer {
 
     /// The oldest stored batch of any stream.
     pub fn oldest(&self) -> Result<Option<Stored>> {
-        match self.batches.iter().next() {
-            None => Ok(None),
-            Some(item) => {
-                let (k, v) = item?;
-                let (stream, seq) = split_key(&k)?;
-                Ok(Some(Stored {
-                    stream,
-                    seq,
-                    envelope: v,
-                }))
-            }
-        }
+        self.next_batch(None)
     }
 
     /// The batch to ship next: the oldest batch of the first stream after `after` (by
     /// name, wrapping around), so one stream's backlog never starves another; the oldest
     /// batch of the first stream when `after` is `None`.
     pub fn next_batch(&self, after: Option<&str>) -> Result<Option<Stored>> {
-        let found = match after {
-            Some(stream) => {
-                // Stream names never hold bytes below '-', so `stream 0x01` sorts after
-                // every key of `stream` and before every key of any later stream.
-                let mut from = stream.as_bytes().to_vec();
-                from.push(1);
-                match self.batches.range(from..).next() {
-                    Some(item) => Some(item?),
-                    None => self.batches.iter().next().transpose()?,
-                }
-            }
-            None => self.batches.iter().next().transpose()?,
-        };
-        match found {
+        // Stream names never hold bytes below '-', so `stream 0x01` sorts after every key
+        // of `stream` and before every key of any later stream.
+        let after_stream = after.and_then(|stream| {
+            let mut from = stream.as_bytes().to_vec();
+            from.push(1);
+            self.batches.range(from..).next()
+        });
+        match after_stream.or_else(|| self.batches.iter().next()) {
             None => Ok(None),
-            Some((k, v)) => {
+            Some(item) => {
+                let (k, v) = item?;
                 let (stream, seq) = split_key(&k)?;
                 Ok(Some(Stored {
                     stream,
